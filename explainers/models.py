@@ -1,0 +1,558 @@
+"""Loading a Keras model into a :class:`ModelBundle`: the model plus what explaining it needs."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import threading
+from dataclasses import dataclass, field
+from functools import cached_property
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal, get_args
+
+import numpy as np
+from PIL import Image
+
+from .errors import ModelLoadError, ParameterError, UnsupportedModelError
+from .graph import INPUT_NAME, LayerInfo, describe_layers, is_graph_model
+
+if TYPE_CHECKING:
+    import keras
+
+    from .compute import ModelRunner
+
+Preprocessing = Literal["0_1", "-1_1", "caffe", "torch", "none"]
+PreprocessingChoice = Literal["auto", "0_1", "-1_1", "caffe", "torch", "none"]
+#: What the explained output emits: ``softmax``/``sigmoid`` probabilities whose pre-activation
+#: scores we can recover exactly, raw ``logits``, or ``probabilities`` we cannot undo (we then
+#: explain their logarithm).
+OutputKind = Literal["softmax", "sigmoid", "logits", "probabilities"]
+
+PREPROCESSING_CHOICES: tuple[str, ...] = get_args(PreprocessingChoice)
+PREPROCESSING_HELP: dict[str, str] = {
+    "auto": "recognise keras.applications families, else 0–1",
+    "0_1": "pixels / 255 → [0, 1]",
+    "-1_1": "pixels / 127.5 − 1 → [−1, 1] (MobileNet, Inception, Xception)",
+    "caffe": "RGB→BGR, minus ImageNet mean, no scaling (VGG, ResNet50)",
+    "torch": "[0, 1], minus ImageNet mean, divided by std (DenseNet)",
+    "none": "raw 0–255 floats (model rescales itself)",
+}
+_CAFFE_MEAN_BGR = np.array([103.939, 116.779, 123.68], np.float32)
+_TORCH_MEAN = np.array([0.485, 0.456, 0.406], np.float32)
+_TORCH_STD = np.array([0.229, 0.224, 0.225], np.float32)
+#: Largest side used for models with a free (None) spatial input size.
+MAX_FREE_INPUT_SIDE = 512
+_DATA = Path(__file__).parent / "data"
+
+
+@dataclass(frozen=True)
+class CamHead:
+    """A ``feature layer → GlobalAveragePooling2D → Dense`` head, the structure CAM requires."""
+
+    feature_layer: str
+    pooling_layer: str
+    dense_layer: str
+
+
+@dataclass(frozen=True, eq=False)
+class ModelBundle:
+    """A loaded model with everything the explanation methods need to know about it.
+
+    Immutable after construction (compiled functions are memoised in ``runner``, thread-safely), so
+    one bundle can serve several dashboard sessions at once.
+    """
+
+    model: keras.Model
+    name: str
+    source: str
+    sha256: str | None
+    input_size: tuple[int | None, int | None]
+    channels: int
+    preprocessing: Preprocessing
+    preprocessing_reason: str
+    class_names: tuple[str, ...]
+    output_index: int
+    output_kind: OutputKind
+    output_layer: str
+    layers: tuple[LayerInfo, ...]
+    cam_head: CamHead | None
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    # ----------------------------------------------------------------------------------------
+    @property
+    def n_classes(self) -> int:
+        return len(self.class_names)
+
+    @property
+    def is_graph(self) -> bool:
+        """Whether inner layers can be reached (needed by the CAM family and guided backprop)."""
+        return bool(self.layers)
+
+    @property
+    def n_params(self) -> int:
+        return int(self.model.count_params())
+
+    def layer(self, path: str) -> LayerInfo:
+        """The layer with this path (or unique bare name); raises ParameterError otherwise."""
+        for info in self.layers:
+            if info.path == path:
+                return info
+        matches = [info for info in self.layers if info.name == path and not info.is_model]
+        if len(matches) == 1:
+            return matches[0]
+        known = ", ".join(self.spatial_layers[-5:]) or "none"
+        raise ParameterError(
+            f"no layer named {path!r} in model {self.name!r}; spatial layers near the output: "
+            f"{known}"
+        )
+
+    @cached_property
+    def spatial_layers(self) -> list[str]:
+        """Paths of layers with a spatial (H, W, C) output, input side first (nested included)."""
+        return [info.path for info in self.layers if info.is_spatial and not info.is_model]
+
+    @property
+    def default_layer(self) -> str | None:
+        """The automatic layer choice for CAM methods: the last spatial layer before the output."""
+        if self.cam_head is not None:
+            return self.cam_head.feature_layer
+        return self.spatial_layers[-1] if self.spatial_layers else None
+
+    @cached_property
+    def runner(self) -> ModelRunner:
+        from .compute import ModelRunner
+
+        return ModelRunner(self)
+
+    # ----------------------------------------------------------------------------------------
+    def model_size_for(self, image_shape: tuple[int, ...]) -> tuple[int, int]:
+        """(height, width) the image is resized to before entering the model."""
+        height, width = self.input_size
+        if height is not None and width is not None:
+            return height, width
+        h, w = int(image_shape[0]), int(image_shape[1])
+        scale = min(1.0, MAX_FREE_INPUT_SIDE / max(h, w))
+        return (height or max(1, round(h * scale)), width or max(1, round(w * scale)))
+
+    def resize(self, image: np.ndarray) -> np.ndarray:
+        """Resize a uint8 (H, W, 3) image to the model's input size (antialiased bilinear)."""
+        height, width = self.model_size_for(image.shape)
+        if image.shape[:2] == (height, width):
+            return image
+        return np.asarray(Image.fromarray(image).resize((width, height), Image.BILINEAR))
+
+    def preprocess(self, image: np.ndarray) -> np.ndarray:
+        """uint8 (H, W, 3) at model size → float32 (H, W, C) exactly as the model expects."""
+        x = image.astype(np.float32)
+        if self.channels == 1:
+            # ITU-R 601-2 luma, the same weights Pillow's convert("L") uses.
+            x = (x @ np.array([0.299, 0.587, 0.114], np.float32))[:, :, None]
+        return apply_preprocessing(x, self.preprocessing)
+
+    def model_input(self, image: np.ndarray) -> np.ndarray:
+        """uint8 (H, W, 3) at any size → float32 (1, h, w, C) model input."""
+        return self.preprocess(self.resize(image))[None]
+
+    def predict(self, image: np.ndarray) -> np.ndarray:
+        """Class probabilities, float64 (n_classes,), for one uint8 image of any size."""
+        _, probs = self.runner.forward(self.model_input(image))
+        return probs[0].astype(np.float64)
+
+    def top_k(self, image: np.ndarray, k: int = 5) -> list[tuple[int, str, float]]:
+        """The k most probable classes as (index, name, probability)."""
+        probs = self.predict(image)
+        order = np.argsort(-probs)[:k]
+        return [(int(i), self.class_names[i], float(probs[i])) for i in order]
+
+
+def apply_preprocessing(x: np.ndarray, mode: Preprocessing) -> np.ndarray:
+    """Map float32 pixel values 0..255 (..., C) to the model's input range."""
+    if mode == "0_1":
+        return x / 255.0
+    if mode == "-1_1":
+        return x / 127.5 - 1.0
+    if mode == "none":
+        return x
+    if mode == "caffe":
+        if x.shape[-1] == 3:
+            return x[..., ::-1] - _CAFFE_MEAN_BGR
+        return x - _CAFFE_MEAN_BGR.mean()
+    if mode == "torch":
+        if x.shape[-1] == 3:
+            return (x / 255.0 - _TORCH_MEAN) / _TORCH_STD
+        return (x / 255.0 - _TORCH_MEAN.mean()) / _TORCH_STD.mean()
+    raise ParameterError(f"unknown preprocessing {mode!r}; choose one of {PREPROCESSING_CHOICES}")
+
+
+# ------------------------------------------------------------------------------------------------
+# Recognising how a model wants its input
+# ------------------------------------------------------------------------------------------------
+# keras.applications families by distinctive layer names (from keras/src/applications/*.py),
+# mapped to their preprocess_input mode. Checked in order: the first rule that matches wins.
+_FAMILY_RULES: tuple[tuple[str, tuple[str, ...], Preprocessing], ...] = (
+    ("DenseNet", ("pool2_conv", "conv2_block1_0_bn"), "torch"),
+    ("ResNetV2", ("conv2_block1_preact_bn",), "-1_1"),
+    ("ResNet", ("conv2_block1_1_conv", "conv1_conv"), "caffe"),
+    ("VGG", ("block1_conv1", "block5_conv3"), "caffe"),
+    ("MobileNetV2", ("block_1_expand",), "-1_1"),
+    ("MobileNet", ("conv_dw_1",), "-1_1"),
+    ("InceptionResNetV2", ("block35_1",), "-1_1"),
+    ("InceptionV3", ("mixed0",), "-1_1"),
+    ("Xception", ("block1_sepconv1",), "-1_1"),
+    ("NASNet", ("normal_conv_1_0",), "-1_1"),
+)
+_SELF_SCALING = ("Rescaling", "Normalization")
+
+
+def detect_preprocessing(layers: list[LayerInfo]) -> tuple[Preprocessing, str]:
+    """Guess the preprocessing from the layer structure; returns (mode, human-readable reason)."""
+    names = {info.name for info in layers}
+    for info in layers:
+        if info.class_name in ("Conv2D", "DepthwiseConv2D", "SeparableConv2D", "Dense"):
+            break
+        if info.class_name in _SELF_SCALING:
+            return "none", f"the model starts with its own {info.class_name} layer ({info.path})"
+    for family, markers, mode in _FAMILY_RULES:
+        if all(marker in names for marker in markers):
+            return mode, f"recognised keras.applications {family} layers"
+    return "0_1", "no known architecture or rescaling layer found; assuming inputs in [0, 1]"
+
+
+# ------------------------------------------------------------------------------------------------
+# Class names
+# ------------------------------------------------------------------------------------------------
+def read_labels(source: str | os.PathLike | bytes, n_classes: int | None = None) -> list[str]:
+    """Class names from a text file (one per line) or JSON (list, or {index: name}).
+
+    JSON values may also be ``[wnid, name]`` pairs as in Keras' ``imagenet_class_index.json``.
+    """
+    if isinstance(source, bytes | bytearray):
+        raw = bytes(source)
+        label = "the labels file"
+    else:
+        path = Path(source)
+        if not path.exists():
+            raise ParameterError(f"no labels file at {str(path)!r}")
+        raw = path.read_bytes()
+        label = f"labels file {path.name!r}"
+    try:
+        text = raw.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise ParameterError(f"{label} is not UTF-8 text") from exc
+    stripped = text.strip()
+    names: list[str]
+    if stripped.startswith(("[", "{")):
+        try:
+            data = json.loads(stripped)
+        except json.JSONDecodeError as exc:
+            raise ParameterError(f"{label} looks like JSON but does not parse: {exc}") from exc
+        if isinstance(data, dict):
+            try:
+                items = sorted(((int(k), v) for k, v in data.items()), key=lambda kv: kv[0])
+            except ValueError as exc:
+                raise ParameterError(f"{label}: JSON keys must be class indices 0..n-1") from exc
+            if [k for k, _ in items] != list(range(len(items))):
+                raise ParameterError(f"{label}: JSON keys must be the indices 0..{len(items) - 1}")
+            values = [v for _, v in items]
+        elif isinstance(data, list):
+            values = data
+        else:
+            raise ParameterError(f"{label}: expected a JSON list or object of class names")
+        names = [str(v[-1]) if isinstance(v, list) and v else str(v) for v in values]
+    else:
+        names = [line.strip() for line in text.splitlines() if line.strip()]
+    if not names:
+        raise ParameterError(f"{label} holds no class names")
+    if n_classes is not None and len(names) != n_classes:
+        raise ParameterError(
+            f"{label} has {len(names)} class names but the model has {n_classes} classes"
+        )
+    return names
+
+
+def default_class_names(n_classes: int) -> list[str]:
+    """ImageNet names for 1000-class models, otherwise ``class 0 .. class n-1``."""
+    if n_classes == 1000:
+        return (_DATA / "imagenet_classes.txt").read_text().splitlines()
+    return [f"class {i}" for i in range(n_classes)]
+
+
+# ------------------------------------------------------------------------------------------------
+# Loading
+# ------------------------------------------------------------------------------------------------
+MODEL_SUFFIXES = (".keras", ".h5", ".hdf5")
+
+
+def file_sha256(path: str | os.PathLike) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def load_model(
+    path: str | os.PathLike,
+    *,
+    preprocessing: PreprocessingChoice = "auto",
+    labels: str | os.PathLike | bytes | list[str] | None = None,
+    output_index: int | None = None,
+    name: str | None = None,
+) -> ModelBundle:
+    """Load a ``.keras`` or legacy ``.h5``/``.hdf5`` Keras model file into a :class:`ModelBundle`.
+
+    Parameters
+    ----------
+    path
+        The model file. Loaded with Keras' ``safe_mode`` and without custom objects.
+    preprocessing
+        How uint8 pixels become model inputs; ``"auto"`` detects it
+        (see :func:`detect_preprocessing`).
+    labels
+        Class names: a labels file (txt, one per line, or JSON), its bytes, or a list.
+    output_index
+        Which output to explain for multi-output models (default: the first with a class vector).
+    name
+        Display name (default: the file name).
+    """
+    path = Path(path)
+    if not path.exists():
+        raise ModelLoadError(f"no model file at {str(path)!r}")
+    if path.suffix.lower() not in MODEL_SUFFIXES:
+        raise ModelLoadError(
+            f"{path.name!r} is not a Keras model file: expected a .keras, .h5 or .hdf5 file, "
+            f"got {path.suffix or 'no extension'!r}"
+        )
+    import keras
+
+    try:
+        model = keras.saving.load_model(path, compile=False, safe_mode=True)
+    except Exception as exc:  # Keras raises many types (ValueError, OSError, TypeError...)
+        detail = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else type(exc).__name__
+        raise ModelLoadError(
+            f"{path.name!r} could not be loaded as a Keras model ({detail}). Save the model with "
+            "model.save('name.keras') in Keras 3 and upload that file."
+        ) from exc
+    return bundle_from_model(
+        model,
+        preprocessing=preprocessing,
+        labels=labels,
+        output_index=output_index,
+        name=name or path.name,
+        source=path.name,
+        sha256=file_sha256(path),
+    )
+
+
+KERAS_APPLICATIONS: dict[str, str] = {
+    "MobileNetV2": "mobilenet_v2",
+    "ResNet50": "resnet",
+    "VGG16": "vgg16",
+    "DenseNet121": "densenet",
+    "EfficientNetB0": "efficientnet",
+    "InceptionV3": "inception_v3",
+    "Xception": "xception",
+}
+
+
+def load_application(name: str, *, weights: str | None = "imagenet") -> ModelBundle:
+    """A ``keras.applications`` architecture by name, with ImageNet weights by default.
+
+    The weights are downloaded on first use and cached by Keras; without internet access this
+    raises :class:`ModelLoadError` saying so. ``weights=None`` gives random weights (no download).
+    """
+    if name not in KERAS_APPLICATIONS:
+        raise ParameterError(
+            f"unknown architecture {name!r}; choose one of {', '.join(KERAS_APPLICATIONS)}"
+        )
+    import keras
+
+    constructor = getattr(keras.applications, name)
+    try:
+        model = constructor(weights=weights)
+    except Exception as exc:
+        text = str(exc)
+        offline = any(
+            word in text
+            for word in ("URL fetch failure", "urlopen", "Name or service", "resolve", "Errno")
+        )
+        if offline:
+            raise ModelLoadError(
+                f"The ImageNet weights for {name} could not be downloaded: this machine has no "
+                "internet access. Upload a saved .keras or .h5 model file instead, or place the "
+                "weights in ~/.keras/models/."
+            ) from exc
+        raise ModelLoadError(f"{name} could not be built ({text[:300]})") from exc
+    return bundle_from_model(model, name=f"{name} ({weights or 'random'} weights)", source=name)
+
+
+def _input_spec(model: keras.Model) -> tuple[int | None, int | None, int]:
+    inputs = getattr(model, "inputs", None)
+    if inputs is None:
+        raise UnsupportedModelError(
+            "the model has no defined input shape (a subclassed model that was never built); "
+            "build it or save it as a Functional/Sequential model"
+        )
+    if len(inputs) != 1:
+        raise UnsupportedModelError(
+            f"the model has {len(inputs)} inputs; these methods explain single-image models only"
+        )
+    shape = tuple(inputs[0].shape)
+    if len(shape) != 4:
+        raise UnsupportedModelError(
+            f"expected an image input of shape (batch, height, width, channels), got {shape}: "
+            "this does not look like an image model"
+        )
+    _, height, width, channels = shape
+    if channels not in (1, 3):
+        raise UnsupportedModelError(
+            f"expected an input with 1 (grayscale) or 3 (RGB) channels last, got shape {shape}"
+        )
+    return height, width, int(channels)
+
+
+def _activation_name(layer: Any) -> str | None:
+    class_name = type(layer).__name__
+    if class_name == "Softmax":
+        return "softmax"
+    activation = getattr(layer, "activation", None)
+    if activation is None:
+        return None
+    return getattr(activation, "__name__", None)
+
+
+def _output_kind(
+    layers: list[LayerInfo], model: keras.Model, output_layer: str, probe_output: np.ndarray
+) -> OutputKind:
+    info = next(i for i in layers if i.path == output_layer)
+    layer = _layer_object(model, output_layer)
+    activation = _activation_name(layer)
+    strippable = info.class_name in ("Dense", "Activation", "Softmax")
+    if activation in ("softmax", "sigmoid") and strippable:
+        return activation  # type: ignore[return-value]
+    if activation in ("linear", None) and info.class_name in ("Dense", "Conv2D", "Activation"):
+        return "logits"
+    values = probe_output
+    looks_like_probabilities = bool(
+        np.all(values >= 0) and np.all(values <= 1) and np.allclose(values.sum(-1), 1, atol=1e-3)
+    )
+    return "probabilities" if looks_like_probabilities else "logits"
+
+
+def _layer_object(model: keras.Model, path: str) -> Any:
+    layer: Any = model
+    for part in path.split("/"):
+        layer = layer.get_layer(part)
+    return layer
+
+
+def _find_cam_head(layers: list[LayerInfo], output_layer: str) -> CamHead | None:
+    """Follow the output back through ``Dense ← [Dropout] ← GlobalAveragePooling2D ← feature``."""
+    by_path = {info.path: info for info in layers}
+
+    def resolve(path: str) -> LayerInfo | None:
+        info = by_path.get(path)
+        while info is not None and info.is_model and info.same_as:
+            info = by_path.get(info.same_as)
+        return info
+
+    dense = resolve(output_layer)
+    if dense is None or dense.class_name != "Dense" or len(dense.inputs) != 1:
+        return None
+    node = resolve(dense.inputs[0])
+    while node is not None and node.class_name in ("Dropout", "SpatialDropout2D") and node.inputs:
+        node = resolve(node.inputs[0])
+    if node is None or node.class_name != "GlobalAveragePooling2D" or len(node.inputs) != 1:
+        return None
+    feature = resolve(node.inputs[0])
+    if feature is None or feature.path == INPUT_NAME or not feature.is_spatial:
+        return None
+    return CamHead(feature_layer=feature.path, pooling_layer=node.path, dense_layer=dense.path)
+
+
+def bundle_from_model(
+    model: keras.Model,
+    *,
+    preprocessing: PreprocessingChoice = "auto",
+    labels: str | os.PathLike | bytes | list[str] | None = None,
+    output_index: int | None = None,
+    name: str | None = None,
+    source: str = "<in memory>",
+    sha256: str | None = None,
+) -> ModelBundle:
+    """Wrap an in-memory Keras model (see :func:`load_model` for the parameters)."""
+    if preprocessing not in PREPROCESSING_CHOICES:
+        raise ParameterError(
+            f"unknown preprocessing {preprocessing!r}; choose one of "
+            f"{', '.join(PREPROCESSING_CHOICES)}"
+        )
+    height, width, channels = _input_spec(model)
+    probe_hw = (height or 64, width or 64)
+    probe = np.zeros((1, *probe_hw, channels), np.float32)
+    if is_graph_model(model):
+        layers, output_paths = describe_layers(model, probe)
+        outputs = model(probe, training=False)
+    else:
+        layers, output_paths = [], []
+        outputs = model(probe, training=False)
+    listed = outputs if isinstance(outputs, list | tuple) else [outputs]
+    flat_outputs = [np.asarray(o) for o in listed]
+    vector_outputs = [i for i, o in enumerate(flat_outputs) if o.ndim == 2]
+    if output_index is None:
+        if not vector_outputs:
+            shapes = ", ".join(str(o.shape[1:]) for o in flat_outputs)
+            raise UnsupportedModelError(
+                f"the model's output has shape {shapes}; expected a vector of class scores "
+                "(batch, n_classes) — segmentation or detection models are not supported"
+            )
+        output_index = vector_outputs[0]
+    elif not 0 <= output_index < len(flat_outputs) or output_index not in vector_outputs:
+        raise ParameterError(
+            f"output_index {output_index} is not a class-score output; class-score outputs: "
+            f"{vector_outputs}"
+        )
+    output_vector = flat_outputs[output_index]
+    n_units = int(output_vector.shape[1])
+    if layers:
+        output_layer = output_paths[output_index]
+        by_path = {info.path: info for info in layers}
+        while by_path[output_layer].is_model and by_path[output_layer].same_as:
+            output_layer = by_path[output_layer].same_as  # the nested model's own last layer
+        output_kind = _output_kind(layers, model, output_layer, output_vector)
+    else:
+        output_layer = ""
+        output_kind = "logits"
+        if np.all(output_vector >= 0) and np.allclose(output_vector.sum(-1), 1, atol=1e-3):
+            output_kind = "probabilities"
+    n_classes = 2 if n_units == 1 else n_units
+    if labels is None:
+        class_names = default_class_names(n_classes)
+    elif isinstance(labels, list | tuple):
+        class_names = [str(v) for v in labels]
+        if len(class_names) != n_classes:
+            raise ParameterError(
+                f"{len(class_names)} class names given but the model has {n_classes} classes"
+            )
+    else:
+        class_names = read_labels(labels, n_classes)
+    if preprocessing == "auto":
+        mode, reason = detect_preprocessing(layers)
+    else:
+        mode, reason = preprocessing, "chosen by the user"
+    return ModelBundle(
+        model=model,
+        name=name or model.name,
+        source=source,
+        sha256=sha256,
+        input_size=(height, width),
+        channels=channels,
+        preprocessing=mode,
+        preprocessing_reason=reason,
+        class_names=tuple(class_names),
+        output_index=output_index,
+        output_kind=output_kind,
+        output_layer=output_layer,
+        layers=tuple(layers),
+        cam_head=_find_cam_head(layers, output_layer) if layers else None,
+    )
