@@ -18,3 +18,21 @@ def resize_map(values: np.ndarray, size: tuple[int, int]) -> np.ndarray:
         return values.copy()
     resized = Image.fromarray(values, mode="F").resize((width, height), Image.BILINEAR)
     return np.asarray(resized, np.float32)
+
+
+def gaussian_blur(values: np.ndarray, sigma: float) -> np.ndarray:
+    """Separable Gaussian blur of a float map (h, w) with reflected edges; σ in pixels."""
+    values = np.asarray(values, np.float32)
+    if sigma <= 0:
+        return values.copy()
+    radius = max(1, int(np.ceil(3 * sigma)))
+    offsets = np.arange(-radius, radius + 1, dtype=np.float64)
+    kernel = np.exp(-0.5 * (offsets / sigma) ** 2)
+    kernel /= kernel.sum()
+    out = values.astype(np.float64)
+    for axis in (0, 1):
+        pad = [(0, 0), (0, 0)]
+        pad[axis] = (radius, radius)
+        padded = np.pad(out, pad, mode="reflect" if out.shape[axis] > radius else "edge")
+        out = np.apply_along_axis(lambda row: np.convolve(row, kernel, mode="valid"), axis, padded)
+    return out.astype(np.float32)

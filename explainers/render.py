@@ -8,7 +8,7 @@ from functools import lru_cache
 from typing import TYPE_CHECKING, Literal, get_args
 
 import numpy as np
-from PIL import Image, ImageFilter
+from PIL import Image
 
 if TYPE_CHECKING:
     import plotly.graph_objects as go
@@ -38,10 +38,9 @@ def colormap_lut(name: str) -> np.ndarray:
 
 def blur_map(attribution: np.ndarray, sigma: float) -> np.ndarray:
     """Gaussian blur of a float map (σ in pixels); σ ≤ 0 returns the map unchanged."""
-    if sigma <= 0:
-        return np.asarray(attribution, np.float32)
-    image = Image.fromarray(np.asarray(attribution, np.float32), mode="F")
-    return np.asarray(image.filter(ImageFilter.GaussianBlur(sigma)), np.float32)
+    from .maps import gaussian_blur
+
+    return gaussian_blur(attribution, sigma)
 
 
 def normalise(

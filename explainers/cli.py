@@ -1,0 +1,160 @@
+"""Command line: ``python -m explainers methods`` and ``python -m explainers explain ...``."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from . import render
+from .errors import ExplainerError, ParameterError
+
+
+def _methods(args: argparse.Namespace) -> int:
+    from .registry import available_methods
+
+    infos = available_methods()
+    if args.json:
+        payload = [
+            {
+                "name": m.name,
+                "label": m.label,
+                "family": m.family,
+                "description": m.description,
+                "reference": m.reference,
+                "cost": m.cost,
+                "engines": list(m.engines),
+                "uses_layer": m.uses_layer,
+                "params": [
+                    {
+                        "name": p.name,
+                        "kind": p.kind,
+                        "default": p.default,
+                        "low": p.low,
+                        "high": p.high,
+                        "choices": list(p.choices) if p.choices else None,
+                        "help": p.help,
+                    }
+                    for p in m.params
+                ],
+            }
+            for m in infos
+        ]
+        print(json.dumps(payload, indent=2))
+        return 0
+    for m in infos:
+        print(f"{m.name}  [{m.family}]  {m.label} — {m.description}")
+        print(f"    cost: {m.cost}; engines: {', '.join(m.engines)}")
+        for p in m.params:
+            if p.choices:
+                allowed = "one of " + ", ".join(map(str, p.choices))
+            else:
+                allowed = f"{p.low:g}..{p.high:g}" if p.low is not None else p.kind
+            print(f"    --param {p.name}={p.default}  ({allowed}) {p.help}")
+    return 0
+
+
+def _parse_params(items: list[str]) -> dict[str, Any]:
+    params: dict[str, Any] = {}
+    for item in items:
+        if "=" not in item:
+            raise ParameterError(f"--param expects name=value, got {item!r}")
+        name, value = item.split("=", 1)
+        params[name.strip()] = value.strip()
+    return params
+
+
+def _explain(args: argparse.Namespace) -> int:
+    from .explain import explain
+    from .images import load_image
+    from .models import load_model
+    from .registry import get_method
+
+    if not args.out and not args.npy:
+        raise ParameterError("give --out heat.png and/or --npy raw.npy")
+    spec = get_method(args.method)
+    raw_params = _parse_params(args.param or [])
+    params = {name: spec.param(name).coerce(value) for name, value in raw_params.items()}
+    bundle = load_model(args.model, preprocessing=args.preprocessing, labels=args.labels)
+    image = load_image(args.image)
+    result = explain(
+        bundle,
+        image,
+        args.method,
+        target=args.target,
+        layer=args.layer,
+        engine=args.engine,
+        **params,
+    )
+    if args.out:
+        rgb = render.overlay(
+            image, result.attribution, sign=args.sign, alpha=args.alpha, colormap=args.colormap
+        )
+        Path(args.out).write_bytes(render.to_png(rgb))
+    if args.npy:
+        np.save(args.npy, result.attribution)
+    summary = {
+        "model": bundle.source,
+        "model_sha256": bundle.sha256,
+        "method": result.method,
+        "engine": result.engine,
+        "params": result.params,
+        "target": result.target,
+        "label": result.label,
+        "score": result.score,
+        "layer": result.layer,
+        "seconds": round(result.seconds, 4),
+        "shape": list(result.attribution.shape),
+        "min": float(result.attribution.min()),
+        "max": float(result.attribution.max()),
+        "extras": result.extras,
+        "out": args.out,
+        "npy": args.npy,
+    }
+    if args.json:
+        print(json.dumps(summary, indent=2, default=str))
+    else:
+        print(
+            f"{result.method}: class {result.target} ({result.label}, p={result.score:.3f}) "
+            f"in {result.seconds:.2f}s → {args.out or ''} {args.npy or ''}".rstrip()
+        )
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m explainers", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    methods = sub.add_parser("methods", help="list the methods and their parameters")
+    methods.add_argument("--json", action="store_true", help="machine-readable output")
+    methods.set_defaults(run=_methods)
+    ex = sub.add_parser("explain", help="explain one image")
+    ex.add_argument("--model", required=True, help=".keras / .h5 model file")
+    ex.add_argument("--image", required=True, help="image file")
+    ex.add_argument("--method", required=True, help="method name (see `methods`)")
+    ex.add_argument("--target", default=None, help="class index or name (default: top-1)")
+    ex.add_argument("--layer", default=None, help="layer for CAM methods (default: automatic)")
+    ex.add_argument("--engine", default="native", choices=("native", "tf_explain"))
+    ex.add_argument("--param", action="append", metavar="NAME=VALUE", help="method parameter")
+    ex.add_argument("--preprocessing", default="auto")
+    ex.add_argument("--labels", default=None, help="labels file (txt or JSON)")
+    ex.add_argument("--out", default=None, help="overlay PNG to write")
+    ex.add_argument("--npy", default=None, help="raw float32 map (.npy) to write")
+    ex.add_argument("--sign", default="positive", choices=render.SIGNS)
+    ex.add_argument("--colormap", default=None, choices=render.COLORMAPS)
+    ex.add_argument("--alpha", type=float, default=0.5, help="overlay opacity 0..1")
+    ex.add_argument("--json", action="store_true", help="print the summary as JSON")
+    ex.set_defaults(run=_explain)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.run(args))
+    except ExplainerError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2

@@ -1,0 +1,37 @@
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+DEMO_MODEL = ROOT / "assets" / "models" / "demo_shapes.keras"
+SHORTCUT_MODEL = ROOT / "assets" / "models" / "demo_shortcut.keras"
+
+
+@pytest.fixture(scope="session")
+def zoo_bundles():
+    """One bundle per model in the zoo, built once per test session."""
+    import explainers
+
+    from .models_zoo import ZOO
+
+    return {name: explainers.bundle_from_model(build()) for name, build in ZOO.items()}
+
+
+@pytest.fixture(scope="session")
+def demo_bundle():
+    import explainers
+
+    return explainers.load_model(DEMO_MODEL)
+
+
+@pytest.fixture(scope="session")
+def shortcut_bundle():
+    import explainers
+
+    return explainers.load_model(SHORTCUT_MODEL)

@@ -1,0 +1,91 @@
+"""The command line, run as a user would run it."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+from PIL import Image
+
+from .conftest import ROOT
+from .models_zoo import functional_softmax, random_image
+
+
+def run_cli(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "explainers", *args],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+
+
+def test_methods_lists_every_method_with_parameters():
+    result = run_cli("methods", "--json")
+    assert result.returncode == 0, result.stderr
+    methods = {m["name"]: m for m in json.loads(result.stdout)}
+    assert len(methods) == 12
+    steps = next(p for p in methods["integrated_gradients"]["params"] if p["name"] == "steps")
+    assert steps["default"] == 32 and steps["low"] == 1
+
+
+def test_explain_writes_overlay_and_raw_map(tmp_path):
+    model_path = tmp_path / "model.keras"
+    functional_softmax().save(model_path)
+    image_path = tmp_path / "image.png"
+    Image.fromarray(random_image(40, 50)).save(image_path)
+    out, npy = tmp_path / "heat.png", tmp_path / "raw.npy"
+    result = run_cli(
+        "explain",
+        "--model",
+        str(model_path),
+        "--image",
+        str(image_path),
+        "--method",
+        "occlusion",
+        "--target",
+        "1",
+        "--param",
+        "patch_size=8",
+        "--param",
+        "stride=4",
+        "--out",
+        str(out),
+        "--npy",
+        str(npy),
+        "--json",
+    )
+    assert result.returncode == 0, result.stderr
+    summary = json.loads(result.stdout)
+    assert summary["target"] == 1 and summary["params"]["patch_size"] == 8
+    assert summary["model_sha256"] and summary["shape"] == [40, 50]
+    assert Image.open(out).size == (50, 40)
+    raw = np.load(npy)
+    assert raw.shape == (40, 50) and raw.dtype == np.float32
+    assert summary["max"] == float(raw.max())
+
+
+def test_bad_parameter_is_a_one_line_error(tmp_path):
+    model_path = tmp_path / "model.keras"
+    functional_softmax().save(model_path)
+    image_path = tmp_path / "image.png"
+    Image.fromarray(random_image(10, 10)).save(image_path)
+    result = run_cli(
+        "explain",
+        "--model",
+        str(model_path),
+        "--image",
+        str(image_path),
+        "--method",
+        "integrated_gradients",
+        "--param",
+        "steps=-3",
+        "--out",
+        str(tmp_path / "x.png"),
+    )
+    assert result.returncode == 2
+    assert "error: steps must be ≥ 1" in result.stderr
+    assert "Traceback" not in result.stderr
