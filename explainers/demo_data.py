@@ -47,7 +47,7 @@ _MIN_SIZE = 32
 # Shape size range as a fraction of the image side (22-44 px for a 96 px image).
 _SHAPE_SIZE_RANGE = (0.23, 0.46)
 # Colour distance (RGB in [0, 1]) that most pixels under the shape must keep from the shape colour.
-_MIN_CONTRAST = 0.4
+_MIN_CONTRAST = 0.45
 
 
 @dataclass(frozen=True)
@@ -309,7 +309,8 @@ def _blotches(rng: np.random.Generator, size: int) -> np.ndarray:
         cx, cy = rng.uniform(-0.1, 1.1, size=2) * size
         rx, ry = rng.uniform(0.05, 0.25, size=2) * size
         draw.ellipse([cx - rx, cy - ry, cx + rx, cy + ry], fill=tuple(rng.integers(0, 256, 3)))
-    image = image.filter(ImageFilter.GaussianBlur(radius=float(rng.uniform(1.0, 4.0))))
+    # Soft edges, so a blotch never looks like a crisp (class) disk.
+    image = image.filter(ImageFilter.GaussianBlur(radius=float(rng.uniform(2.5, 6.0)) * size / 96))
     return np.asarray(image, dtype=np.float32) / 255.0
 
 
@@ -322,8 +323,11 @@ def _background(rng: np.random.Generator, size: int) -> np.ndarray:
     for index in rng.choice(len(_TEXTURES), size=int(rng.integers(1, 3)), replace=False):
         texture = _TEXTURES[int(index)](rng, size)
         canvas = canvas + rng.uniform(0.35, 0.85) * (texture - canvas)
+    # Keep the texture busy but a notch below the object's contrast.
+    mean = canvas.mean(axis=(0, 1), keepdims=True)
+    canvas = mean + rng.uniform(0.45, 0.85) * (canvas - mean)
     # Fine-grained pixel noise, of random strength.
-    canvas = canvas + rng.normal(0.0, rng.uniform(0.0, 0.06), size=canvas.shape)
+    canvas = canvas + rng.normal(0.0, rng.uniform(0.0, 0.05), size=canvas.shape)
     return canvas.astype(np.float32)
 
 

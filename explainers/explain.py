@@ -120,7 +120,7 @@ def explain(
     image = check_image_array(image)
     resized = bundle.resize(image)
     x = bundle.preprocess(resized)[None].astype(np.float32)
-    _, probs = bundle.runner.forward(x)
+    _, probs = bundle.runner.predict(x)
     if not np.all(np.isfinite(probs)):
         raise ExplainerError(
             "the model's output for this image is not a number (NaN or inf); "

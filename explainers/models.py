@@ -156,7 +156,7 @@ class ModelBundle:
 
     def predict(self, image: np.ndarray) -> np.ndarray:
         """Class probabilities, float64 (n_classes,), for one uint8 image of any size."""
-        _, probs = self.runner.forward(self.model_input(image))
+        _, probs = self.runner.predict(self.model_input(image))
         return probs[0].astype(np.float64)
 
     def top_k(self, image: np.ndarray, k: int = 5) -> list[tuple[int, str, float]]:

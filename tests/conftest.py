@@ -11,6 +11,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 DEMO_MODEL = ROOT / "assets" / "models" / "demo_shapes.keras"
 SHORTCUT_MODEL = ROOT / "assets" / "models" / "demo_shortcut.keras"
+DEMO_LABELS = ROOT / "assets" / "models" / "demo_labels.txt"
 
 
 @pytest.fixture(scope="session")
@@ -27,11 +28,11 @@ def zoo_bundles():
 def demo_bundle():
     import explainers
 
-    return explainers.load_model(DEMO_MODEL)
+    return explainers.load_model(DEMO_MODEL, labels=DEMO_LABELS)
 
 
 @pytest.fixture(scope="session")
 def shortcut_bundle():
     import explainers
 
-    return explainers.load_model(SHORTCUT_MODEL)
+    return explainers.load_model(SHORTCUT_MODEL, labels=DEMO_LABELS)

@@ -1,0 +1,1099 @@
+"""UI pieces shared by the pages: sidebar inputs, pickers, parameter controls generated from
+``ParamSpec``, display controls, heatmap cards, tables and download buttons.
+
+Components read and write widgets and call :mod:`dashboard.service`; they never touch the
+explainer library's compute functions directly.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import streamlit as st
+from streamlit.delta_generator import DeltaGenerator
+
+from dashboard import report, service, state, visuals
+from dashboard.service import (
+    ExplanationRequest,
+    ExplanationResult,
+    LoadedImage,
+    MethodSummary,
+    ModelSummary,
+    Prediction,
+    ServiceError,
+)
+from dashboard.state import Page
+from dashboard.visuals import DisplaySettings
+from explainers import ParamSpec, render
+
+MODEL_SOURCES = ("Demo model", "Upload a file", "keras.applications")
+IMAGE_SOURCES = ("Sample", "Upload", "Camera")
+SIGN_LABELS = {
+    "positive": "Positive (evidence for)",
+    "negative": "Negative (evidence against)",
+    "absolute": "Absolute value",
+    "signed": "Signed (both)",
+}
+ENGINE_LABELS = {"native": "Native", "tf_explain": "tf-explain"}
+FAMILY_LABELS = {"gradient": "Gradient", "perturbation": "Perturbation", "cam": "CAM"}
+#: The default selection of the Compare page.
+DEFAULT_COMPARISON = ("vanilla_gradients", "occlusion", "cam", "grad_cam")
+#: The upload limit set in .streamlit/config.toml (server.maxUploadSize), for the help texts.
+MAX_UPLOAD_MB = int(st.get_option("server.maxUploadSize"))
+#: Downloads of images up to this many pixels are prepared with the page (a click always works);
+#: larger ones are built on click (Streamlit's deferred downloads), which keeps reruns fast.
+EAGER_DOWNLOAD_PIXELS = 1024 * 1024
+#: The raw-map figure shows at most this many cells per side (larger maps are subsampled).
+FIGURE_MAX_SIDE = 320
+
+
+# ------------------------------------------------------------------------------------------------
+# Page frame
+# ------------------------------------------------------------------------------------------------
+_STYLE = """
+<style>
+/* Less empty space above the title: more of each page fits on a projected screen. */
+[data-testid="stMainBlockContainer"] { padding-top: 2.5rem; }
+/* Comparison cards: one-line titles keep the grid's pictures aligned. */
+[class*="st-key-compare_card_"] h5 {
+  white-space: nowrap; overflow: hidden; text-overflow: ellipsis;
+}
+</style>
+"""
+
+
+def page_style() -> None:
+    st.markdown(_STYLE, unsafe_allow_html=True)
+
+
+def page_title(title: str, subtitle: str) -> None:
+    st.title(title)
+    st.caption(subtitle)
+
+
+def require_model() -> ModelSummary | None:
+    model = state.active_model()
+    if model is None:
+        st.info(
+            "No model is loaded yet. Choose a demo model, upload a .keras / .h5 file or pick a "
+            "keras.applications architecture in the sidebar."
+        )
+    return model
+
+
+def require_inputs() -> tuple[ModelSummary, LoadedImage] | None:
+    """The active model and image, or an explanation of what is missing (None)."""
+    model = require_model()
+    image = state.active_image()
+    if model is not None and image is None:
+        st.info("No image is loaded yet. Pick a sample, upload an image or use the camera.")
+    if model is None or image is None:
+        return None
+    return model, image
+
+
+def context_line(model: ModelSummary, image: LoadedImage, predictions: Sequence[Prediction]):
+    top = predictions[0] if predictions else None
+    verdict = f" · predicted **{top.name}** ({top.probability:.1%})" if top else ""
+    width, height = image.size
+    st.markdown(
+        f"Model **{model.ref.file_name}** · image **{image.name}** ({width}×{height}){verdict}"
+    )
+
+
+def predictions_or_error(model: ModelSummary, image: LoadedImage) -> list[Prediction] | None:
+    """Every class's probability, best first; shows the error and returns None on failure."""
+    try:
+        return service.predictions(model, image, k=model.n_classes)
+    except ServiceError as err:
+        st.error(str(err))
+        return None
+
+
+# ------------------------------------------------------------------------------------------------
+# Sidebar: model and image inputs shared by every page
+# ------------------------------------------------------------------------------------------------
+def sidebar() -> None:
+    """The model and image inputs. Loads what the user picked; on failure keeps what was
+    loaded before and says why."""
+    with st.sidebar:
+        st.header("Model", divider="gray")
+        _model_inputs()
+        st.header("Image", divider="gray")
+        _image_inputs()
+
+
+def _labels_input(source: str) -> tuple[bytes, str] | None:
+    upload = st.file_uploader(
+        "Class names (optional)",
+        type=list(service.LABEL_SUFFIXES),
+        key="sidebar_labels_upload",
+        help="A .txt file with one class name per line, or a JSON list / {index: name} object.",
+    )
+    if upload is not None:
+        return upload.getvalue(), upload.name
+    return service.demo_labels() if source == MODEL_SOURCES[0] else None
+
+
+def _try_load_model(build_ref: Callable[[], service.ModelRef]) -> None:
+    try:
+        with st.spinner("Loading the model…"):
+            summary = service.load_model(build_ref())
+    except ServiceError as err:
+        state.set_model_error(str(err))
+    else:
+        state.set_model(summary)
+
+
+def _model_inputs() -> None:
+    source_key = "sidebar_model_source"
+    state.default(source_key, MODEL_SOURCES[0])
+    source = st.radio("Source", MODEL_SOURCES, key=source_key, label_visibility="collapsed")
+    prep_key = "sidebar_preprocessing"
+    state.default(prep_key, "auto")
+    with st.expander("Preprocessing and class names"):
+        preprocessing = st.selectbox(
+            "Preprocessing",
+            service.PREPROCESSING_OPTIONS,
+            key=prep_key,
+            format_func=lambda p: f"{p} — {service.PREPROCESSING_DESCRIPTIONS.get(p, '')}",
+            help="How pixels become model inputs. 'auto' recognises keras.applications "
+            "families and rescaling layers.",
+        )
+        labels = _labels_input(source)
+    labels_sha = service.sha256_bytes(labels[0]) if labels else None
+
+    if source == MODEL_SOURCES[0]:
+        demos = service.demo_models()
+        if not demos:
+            st.warning(
+                "The demo models are not installed (assets/models/ is empty). Upload a .keras "
+                "or .h5 file instead, or build them with `python assets/make_demo_models.py`."
+            )
+        else:
+            names = [d.file_name for d in demos]
+            demo_key = "sidebar_demo_model"
+            state.default_option(demo_key, names, names[0])
+            descriptions = {d.file_name: d.description for d in demos}
+            choice = st.selectbox(
+                "Demo model", names, key=demo_key, format_func=lambda n: descriptions[n]
+            )
+            demo = demos[names.index(choice)]
+            st.caption(service.DEMO_NOTES.get(choice, ""))
+            attempt = ("demo", str(demo.path), preprocessing, labels_sha)
+            if state.is_new_attempt("model", attempt):
+                _try_load_model(
+                    lambda: service.file_model_ref(
+                        demo.path, preprocessing=preprocessing, labels=labels
+                    )
+                )
+    elif source == MODEL_SOURCES[1]:
+        upload = st.file_uploader(
+            "Keras model file",
+            type=list(service.MODEL_SUFFIXES),
+            key="sidebar_model_upload",
+            help=f"A model saved with model.save('name.keras') (or a legacy .h5), up to "
+            f"{MAX_UPLOAD_MB} MB. Loaded in Keras safe mode: no custom code runs.",
+        )
+        if upload is not None:
+            attempt = ("upload", upload.file_id, preprocessing, labels_sha)
+            if state.is_new_attempt("model", attempt):
+
+                def uploaded_ref() -> service.ModelRef:
+                    path, digest = service.store_model_upload(upload.name, upload.getvalue())
+                    return service.file_model_ref(
+                        path,
+                        file_name=upload.name,
+                        sha256=digest,
+                        preprocessing=preprocessing,
+                        labels=labels,
+                    )
+
+                _try_load_model(uploaded_ref)
+        elif state.active_model() is not None:
+            st.caption("Until a file is uploaded, the model below stays loaded.")
+    else:
+        app_key = "sidebar_application"
+        state.default(app_key, service.APPLICATION_NAMES[0])
+        name = st.selectbox("Architecture", service.APPLICATION_NAMES, key=app_key)
+        if st.button("Load with ImageNet weights", key="sidebar_application_load"):
+            st.session_state[state.APPLICATION_REQUEST] = name
+            state.forget_attempt("model")
+        st.caption("The weights are downloaded on first use, which needs internet access.")
+        if st.session_state.get(state.APPLICATION_REQUEST) == name:
+            attempt = ("application", name, preprocessing, labels_sha)
+            if state.is_new_attempt("model", attempt):
+                _try_load_model(
+                    lambda: service.application_model_ref(
+                        name, preprocessing=preprocessing, labels=labels
+                    )
+                )
+
+    error = state.model_error()
+    model = state.active_model()
+    if error:
+        kept = f" Still using **{model.ref.file_name}**." if model is not None else ""
+        st.error(f"{error}{kept}")
+    if model is not None:
+        st.caption(
+            f"Loaded **{model.ref.file_name}** · {model.n_classes} classes · "
+            f"input {model.input_size[0]}×{model.input_size[1]} · "
+            f"preprocessing {model.preprocessing}"
+        )
+
+
+def _try_load_image(load: Callable[[], LoadedImage]) -> None:
+    try:
+        image = load()
+    except ServiceError as err:
+        state.set_image_error(str(err))
+    else:
+        state.set_image(image)
+
+
+def _image_inputs() -> None:
+    source_key = "sidebar_image_source"
+    state.default(source_key, IMAGE_SOURCES[0])
+    source = st.segmented_control(
+        "Image source", IMAGE_SOURCES, key=source_key, required=True, width="stretch"
+    )
+    if source == "Sample":
+        samples = service.samples()
+        if not samples:
+            st.warning(
+                "No sample images are installed (assets/samples/ is empty). Upload an image or "
+                "use the camera."
+            )
+        else:
+            names = [s.name for s in samples]
+            sample_key = "sidebar_sample"
+            state.default_option(sample_key, names, names[0])
+            choice = st.selectbox(
+                "Sample image",
+                names,
+                key=sample_key,
+            )
+            sample = samples[names.index(choice)]
+            if state.is_new_attempt("image", ("sample", str(sample.path))):
+                _try_load_image(lambda: service.load_sample(sample))
+    elif source == "Upload":
+        upload = st.file_uploader(
+            "Image file",
+            type=list(service.IMAGE_SUFFIXES),
+            key="sidebar_image_upload",
+            help=f"PNG, JPEG, WebP, BMP, GIF (first frame) or TIFF, up to {MAX_UPLOAD_MB} MB "
+            "and 40 megapixels.",
+        )
+        if upload is not None and state.is_new_attempt("image", ("upload", upload.file_id)):
+            _try_load_image(lambda: service.load_image_bytes(upload.name, upload.getvalue()))
+    else:
+        shot = st.camera_input("Take a picture", key="sidebar_camera")
+        if shot is not None and state.is_new_attempt("image", ("camera", shot.file_id)):
+            _try_load_image(
+                lambda: service.load_image_bytes("camera", shot.getvalue(), source="camera")
+            )
+
+    error = state.image_error()
+    image = state.active_image()
+    if error:
+        kept = f" Still using **{image.name}**." if image is not None else ""
+        st.error(f"{error}{kept}")
+    if image is None:
+        return
+    width, height = image.size
+    st.image(visuals.fit(image.pixels, 384), caption=f"{image.name} · {width}×{height}")
+    if image.mask is not None:
+        state.default("sidebar_outline_mask", False)
+        st.toggle(
+            "Outline the object",
+            key="sidebar_outline_mask",
+            help="Draw the ground-truth object outline (white) on every overlay.",
+        )
+    if image.marker is not None:
+        state.default("sidebar_outline_marker", False)
+        st.toggle(
+            "Outline the corner marker",
+            key="sidebar_outline_marker",
+            help="Draw the shortcut marker's outline (magenta) on every overlay.",
+        )
+
+
+def outline_flags() -> tuple[bool, bool]:
+    """Whether to draw the object mask and the corner marker (only when the image has them)."""
+    image = state.active_image()
+    if image is None:
+        return False, False
+    mask = bool(st.session_state.get("sidebar_outline_mask")) and image.mask is not None
+    marker = bool(st.session_state.get("sidebar_outline_marker")) and image.marker is not None
+    return mask, marker
+
+
+# ------------------------------------------------------------------------------------------------
+# Pickers
+# ------------------------------------------------------------------------------------------------
+def _method_label(model: ModelSummary) -> Callable[[str], str]:
+    def label(name: str) -> str:
+        method = model.method(name)
+        return method.label if method.applicable else f"{method.label} (not available)"
+
+    return label
+
+
+def method_picker(page: Page, model: ModelSummary, default: str = "grad_cam") -> MethodSummary:
+    names = [m.name for m in model.methods]
+    key = state.key(page, "method")
+    state.default_option(key, names, default if default in names else names[0])
+    name = st.selectbox(
+        "Method",
+        names,
+        key=key,
+        format_func=_method_label(model),
+        persist_state="session",
+        help="See the Guide page for what each method computes.",
+    )
+    return model.method(name)
+
+
+def methods_picker(page: Page, model: ModelSummary) -> list[MethodSummary]:
+    names = [m.name for m in model.methods]
+    key = state.key(page, "methods")
+    state.default_option(key, names, [n for n in DEFAULT_COMPARISON if n in names])
+    chosen = st.multiselect(
+        "Methods to compare",
+        names,
+        key=key,
+        format_func=_method_label(model),
+        persist_state="session",
+        placeholder="Pick one or more methods",
+    )
+    return [model.method(n) for n in chosen]
+
+
+AUTO_TARGET = -1
+
+
+def target_picker(page: Page, model: ModelSummary, predictions: Sequence[Prediction]) -> int:
+    """The class to explain; 'top prediction' follows the image. Returns a class index."""
+    probability = {p.index: p.probability for p in predictions}
+    top = predictions[0]
+    options = [AUTO_TARGET, *range(model.n_classes)]
+    key = state.key(page, "target")
+    state.default_option(key, options, AUTO_TARGET)
+
+    def label(index: int) -> str:
+        if index == AUTO_TARGET:
+            return f"Top prediction — {top.name} ({top.probability:.1%})"
+        return f"{model.class_names[index]} ({probability.get(index, 0.0):.1%})"
+
+    chosen = st.selectbox(
+        "Class to explain",
+        options,
+        key=key,
+        format_func=label,
+        persist_state="session",
+        help="Explanations answer: which pixels raise the score of this class?",
+    )
+    return top.index if chosen == AUTO_TARGET else int(chosen)
+
+
+def _shape(shape: Sequence[int]) -> str:
+    return " × ".join(str(s) for s in shape)
+
+
+def _compact_shape(shape: Sequence[int]) -> str:
+    return "×".join(str(s) for s in shape)
+
+
+#: Display labels for parameter names whose capitalised form reads badly.
+_PARAM_LABELS = {"relu": "ReLU on the map", "n_samples": "Noisy samples"}
+
+
+def param_label(spec: ParamSpec) -> str:
+    return _PARAM_LABELS.get(spec.name, spec.label)
+
+
+def layer_picker(
+    page: Page,
+    model: ModelSummary,
+    method: MethodSummary,
+    *,
+    label: str = "Layer",
+    placeholder: bool = False,
+) -> str | None:
+    """The layer a CAM-family method reads (defaults to the automatic choice), else None.
+
+    With ``placeholder``, a method that reads no layer gets a disabled picker saying so (keeps a
+    row of controls from jumping when the method changes)."""
+    if not method.uses_layer or not model.spatial_layers:
+        if placeholder and not method.uses_layer:
+            st.selectbox(
+                label,
+                ["not used by this method"],
+                key=state.key(page, f"{method.name}_layer_unused"),
+                disabled=True,
+                help="Only CAM-family methods read an inner layer.",
+            )
+        return model.default_layer if method.uses_layer else None
+    options = list(model.spatial_layers)
+    shapes = {info.path: info.output_shape for info in model.layers}
+    key = state.key(page, f"{method.name}_layer")
+    fallback = model.default_layer if model.default_layer in options else options[-1]
+    state.default_option(key, options, fallback)
+
+    def describe(path: str) -> str:
+        auto = " (auto)" if path == model.default_layer else ""
+        return f"{path}{auto} · {_compact_shape(shapes.get(path, ()))}"
+
+    return st.selectbox(
+        label,
+        options,
+        key=key,
+        format_func=describe,
+        persist_state="session",
+        help="The feature maps the method weights. The automatic choice is the last spatial "
+        "layer before the classifier head.",
+    )
+
+
+def engine_picker(page: Page, method: MethodSummary) -> str:
+    if len(method.engines) < 2:
+        return method.engines[0] if method.engines else "native"
+    key = state.key(page, f"{method.name}_engine")
+    state.default_option(key, method.engines, method.engines[0])
+    return st.radio(
+        "Engine",
+        method.engines,
+        key=key,
+        format_func=lambda e: ENGINE_LABELS.get(e, e),
+        horizontal=True,
+        persist_state="session",
+        help="Native: this project's implementation. tf-explain: the same method computed by "
+        "the tf-explain library, for cross-checking.",
+    )
+
+
+# ------------------------------------------------------------------------------------------------
+# Parameter controls generated from ParamSpecs
+# ------------------------------------------------------------------------------------------------
+def _param_widget(page: Page, method: MethodSummary, spec: ParamSpec) -> Any:
+    key = state.key(page, f"{method.name}_{spec.name}")
+    common: dict[str, Any] = {"key": key, "help": spec.help, "persist_state": "session"}
+    if spec.kind == "bool":
+        state.default(key, bool(spec.default))
+        return st.checkbox(param_label(spec), **common)
+    if spec.kind == "choice":
+        options = list(spec.choices or ())
+        state.default_option(key, options, spec.default)
+        return st.selectbox(param_label(spec), options, **common)
+    bounded = spec.low is not None and spec.high is not None
+    if spec.kind == "int":
+        state.default(key, int(spec.default))
+        return int(
+            st.number_input(
+                param_label(spec),
+                min_value=int(spec.low) if spec.low is not None else None,
+                max_value=int(spec.high) if spec.high is not None else None,
+                step=int(spec.step or 1),
+                **common,
+            )
+        )
+    state.default(key, float(spec.default))
+    if bounded:
+        assert spec.low is not None and spec.high is not None
+        return float(
+            st.slider(
+                param_label(spec),
+                float(spec.low),
+                float(spec.high),
+                step=float(spec.step or (spec.high - spec.low) / 100),
+                **common,
+            )
+        )
+    return float(st.number_input(param_label(spec), step=float(spec.step or 0.01), **common))
+
+
+def param_controls(page: Page, method: MethodSummary, columns: int = 1) -> dict[str, Any]:
+    """Widgets for every parameter of ``method`` (advanced ones in an expander); returns their
+    values by parameter name."""
+    values: dict[str, Any] = {}
+    basic = [p for p in method.params if not p.advanced]
+    advanced = [p for p in method.params if p.advanced]
+
+    def lay_out(specs: list[ParamSpec]) -> None:
+        if not specs:
+            return
+        n = max(1, min(columns, len(specs)))
+        cells = st.columns(n) if n > 1 else None
+        for i, spec in enumerate(specs):
+            if cells is None:
+                values[spec.name] = _param_widget(page, method, spec)
+            else:
+                with cells[i % n]:
+                    values[spec.name] = _param_widget(page, method, spec)
+
+    lay_out(basic)
+    if advanced:
+        with st.expander("Advanced parameters"):
+            lay_out(advanced)
+    if not method.params:
+        st.caption("This method has no parameters.")
+    return values
+
+
+# ------------------------------------------------------------------------------------------------
+# Display controls (never recompute)
+# ------------------------------------------------------------------------------------------------
+def display_controls(page: Page) -> DisplaySettings:
+    """One row of display controls. They change only the rendering of cached raw maps."""
+    k = lambda name: state.key(page, name)  # noqa: E731
+    state.default(k("sign"), "positive")
+    state.default(k("colormap_sequential"), render.default_colormap("positive"))
+    state.default(k("colormap_diverging"), render.default_colormap("signed"))
+    state.default(k("alpha"), 0.5)
+    state.default(k("clip"), 99.0)
+    state.default(k("blur"), 0.0)
+    with st.container(border=True, key=k("display")):
+        st.markdown(
+            "**Display** <span style='color:#5b6470'>· changes the picture only; nothing is "
+            "recomputed</span>",
+            unsafe_allow_html=True,
+        )
+        c_sign, c_map, c_alpha, c_clip, c_blur = st.columns([1.5, 1, 1.1, 1.1, 1.1])
+        sign = c_sign.selectbox(
+            "Sign",
+            render.SIGNS,
+            key=k("sign"),
+            format_func=SIGN_LABELS.get,
+            persist_state="session",
+            help="Which part of the signed map to show. Positive: pixels that raise the class "
+            "score. Signed uses a diverging colormap (red for, blue against).",
+        )
+        if sign == "signed":
+            diverging = c_map.selectbox(
+                "Colormap (diverging)",
+                render.DIVERGING_COLORMAPS,
+                key=k("colormap_diverging"),
+                persist_state="session",
+            )
+            sequential = st.session_state.get(k("colormap_sequential"), "Jet")
+        else:
+            sequential = c_map.selectbox(
+                "Colormap",
+                render.SEQUENTIAL_COLORMAPS,
+                key=k("colormap_sequential"),
+                persist_state="session",
+            )
+            diverging = st.session_state.get(k("colormap_diverging"), "RdBu_r")
+        alpha = c_alpha.slider(
+            "Overlay opacity", 0.0, 1.0, step=0.05, key=k("alpha"), persist_state="session"
+        )
+        clip = c_clip.slider(
+            "Clip at percentile",
+            50.0,
+            100.0,
+            step=0.5,
+            key=k("clip"),
+            persist_state="session",
+            help="Values above this percentile of the map get the top colour, so that a few "
+            "extreme pixels do not wash out the rest.",
+        )
+        blur = c_blur.slider(
+            "Blur σ (pixels)",
+            0.0,
+            8.0,
+            step=0.5,
+            key=k("blur"),
+            persist_state="session",
+            help="Gaussian smoothing of the displayed map (the raw map is unchanged).",
+        )
+    outline_mask, outline_marker = outline_flags()
+    return DisplaySettings(
+        sign=sign,
+        sequential_colormap=sequential,
+        diverging_colormap=diverging,
+        alpha=float(alpha),
+        clip_percentile=float(clip),
+        blur=float(blur),
+        outline_mask=outline_mask,
+        outline_marker=outline_marker,
+    )
+
+
+# ------------------------------------------------------------------------------------------------
+# Computing with a progress bar
+# ------------------------------------------------------------------------------------------------
+def build_request(
+    model: ModelSummary,
+    image: LoadedImage,
+    method: MethodSummary,
+    params: dict[str, Any],
+    *,
+    target: int,
+    layer: str | None,
+    engine: str,
+) -> ExplanationRequest | str:
+    """The request, or a message saying why the method cannot run with these settings."""
+    if not method.applicable:
+        return f"{method.label} cannot explain this model: {method.reason}"
+    try:
+        if method.uses_layer:
+            reason = service.method_reason(model, method.name, layer)
+            if reason is not None:
+                return f"{method.label} cannot use layer {layer}: {reason}"
+        return service.explanation_request(
+            model, image, method.name, params, target=target, layer=layer, engine=engine
+        )
+    except ServiceError as err:
+        return str(err)
+
+
+def compute(
+    request: ExplanationRequest, image: LoadedImage, slot: DeltaGenerator, label: str
+) -> ExplanationResult | str:
+    """Fetch or compute an explanation, showing a progress bar fed by the library in ``slot``
+    while it runs. Returns the result or an error message."""
+    cached = service.cached_explanation(request)
+    if cached is not None:
+        return cached
+    progress, clear = service.streamlit_progress(slot, label)
+    try:
+        return service.explain(request, image, progress)
+    except ServiceError as err:
+        return str(err)
+    finally:
+        clear()
+
+
+# ------------------------------------------------------------------------------------------------
+# Showing results
+# ------------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Pictures:
+    overlay: np.ndarray
+    heatmap: np.ndarray
+
+
+def pictures(
+    result: ExplanationResult,
+    image: LoadedImage,
+    settings: DisplaySettings,
+    max_side: int | None = visuals.DISPLAY_MAX_SIDE,
+) -> Pictures:
+    """The overlay and heatmap for ``settings``; large images are drawn at ``max_side`` (the
+    exports are drawn at full resolution when clicked)."""
+    pixels, attribution, mask, marker, scaled = visuals.display_inputs(
+        image.pixels, result.attribution, image.mask, image.marker, settings, max_side
+    )
+    return Pictures(
+        overlay=visuals.overlay_rgb(pixels, attribution, scaled, mask, marker),
+        heatmap=visuals.draw_outlines(
+            visuals.heatmap_rgb(attribution, scaled),
+            mask if scaled.outline_mask else None,
+            marker if scaled.outline_marker else None,
+        ),
+    )
+
+
+def show_image(rgb: np.ndarray, caption: str | None = None) -> None:
+    st.image(visuals.enlarge(rgb), caption=caption, width="stretch")
+
+
+def pictures_input(image: LoadedImage, settings: DisplaySettings) -> np.ndarray:
+    """The input image at display size, with the outlines the settings ask for."""
+    pixels, _, mask, marker, _ = visuals.display_inputs(
+        image.pixels,
+        np.zeros(image.pixels.shape[:2], np.float32),
+        image.mask,
+        image.marker,
+        settings,
+    )
+    return visuals.draw_outlines(
+        pixels,
+        mask if settings.outline_mask else None,
+        marker if settings.outline_marker else None,
+    )
+
+
+def input_image(image: LoadedImage, settings: DisplaySettings, caption: str = "Input") -> None:
+    show_image(pictures_input(image, settings), caption)
+
+
+def raw_map_figure(result: ExplanationResult, settings: DisplaySettings, height: int = 420):
+    """The interactive Plotly heatmap of the raw map (hover shows raw values)."""
+    attribution = result.attribution
+    step = max(1, math.ceil(max(attribution.shape) / FIGURE_MAX_SIDE))
+    shown = attribution[::step, ::step]
+    figure = render.heatmap_figure(
+        shown,
+        sign=settings.sign,  # type: ignore[arg-type]
+        colormap=settings.colormap,
+        clip_percentile=settings.clip_percentile,
+        height=height,
+    )
+    # Room for the axis labels (pixel coordinates of the image).
+    figure.update_layout(margin={"l": 44, "r": 10, "t": 10, "b": 36})
+    figure.update_xaxes(title_text="x (pixels)")
+    figure.update_yaxes(title_text="y (pixels)")
+    if step > 1:
+        figure.data[0].x = np.arange(0, attribution.shape[1], step)[: shown.shape[1]]
+        figure.data[0].y = np.arange(0, attribution.shape[0], step)[: shown.shape[0]]
+    return figure
+
+
+def result_caption(result: ExplanationResult) -> str:
+    return report.result_caption(result)
+
+
+def _payload(build: Callable[[], Any], image: LoadedImage) -> Any:
+    """The download's data now (small images), or the function that builds it on click."""
+    width, height = image.size
+    return build() if width * height <= EAGER_DOWNLOAD_PIXELS else build
+
+
+def card_downloads(
+    page: Page,
+    image: LoadedImage,
+    result: ExplanationResult,
+    settings: DisplaySettings,
+    cells: Sequence[DeltaGenerator] | None = None,
+    *,
+    compact: bool = False,
+) -> None:
+    """Download buttons for one map: the overlay as PNG and the raw map as ``.npy``, both at the
+    image's full resolution."""
+    stem = report.file_stem(image.name, result.method)
+    left, right = cells if cells is not None else st.columns(2)
+
+    def overlay_png() -> bytes:
+        return report.png_bytes(pictures(result, image, settings, max_side=None).overlay)
+
+    def raw_npy() -> bytes:
+        return report.npy_bytes(result.attribution)
+
+    left.download_button(
+        "PNG" if compact else "Overlay PNG",
+        _payload(overlay_png, image),
+        file_name=f"{stem}.png",
+        mime="image/png",
+        key=state.key(page, f"{result.method}_download_png"),
+        on_click="ignore",
+        icon=None if compact else ":material/download:",
+        width="stretch",
+        help="The overlay as shown, at the image's resolution.",
+    )
+    right.download_button(
+        "NPY" if compact else "Raw map .npy",
+        _payload(raw_npy, image),
+        file_name=f"{stem}.npy",
+        mime="application/octet-stream",
+        key=state.key(page, f"{result.method}_download_npy"),
+        on_click="ignore",
+        icon=None if compact else ":material/download:",
+        width="stretch",
+        help="The raw, signed float32 attribution at the image's resolution (numpy.load).",
+    )
+
+
+def predictions_table(predictions: Sequence[Prediction], target: int, k: int = 5) -> None:
+    rows = [
+        {
+            "Class": ("▶ " if p.index == target else "") + p.name,
+            "Probability": p.probability,
+        }
+        for p in predictions[:k]
+    ]
+    st.dataframe(
+        rows,
+        hide_index=True,
+        width="stretch",
+        column_config={
+            "Probability": st.column_config.ProgressColumn(
+                "Probability", min_value=0.0, max_value=1.0, format="percent"
+            )
+        },
+    )
+
+
+def result_facts(result: ExplanationResult, method: MethodSummary) -> None:
+    facts = [
+        f"**Target:** {result.target_label} (class {result.target}, p = {result.score:.3f})",
+        f"**Time:** {result.seconds:.2f} s · **engine:** {ENGINE_LABELS.get(result.engine)}",
+    ]
+    if result.layer:
+        facts.append(f"**Layer:** `{result.layer}`")
+    params = ", ".join(f"{k} = {v}" for k, v in sorted(result.params.items()))
+    facts.append(f"**Parameters:** {params or 'none'}")
+    for name, value in sorted(result.extras.items()):
+        shown = f"{value:.4g}" if isinstance(value, float) else str(value)
+        facts.append(f"**{name.replace('_', ' ')}:** {shown}")
+    st.markdown("  \n".join(facts))
+    st.caption(f"{method.description} See the Guide page for the formula and caveats.")
+
+
+def heatmap_card(
+    page: Page,
+    method: MethodSummary,
+    result: ExplanationResult,
+    image: LoadedImage,
+    settings: DisplaySettings,
+) -> Pictures:
+    pics = pictures(result, image, settings)
+    show_image(pics.overlay)
+    layer = f" · {result.layer}" if result.layer else ""
+    st.caption(f"{result.target_label} (p = {result.score:.3f})  \n{result.seconds:.2f} s{layer}")
+    card_downloads(page, image, result, settings, compact=True)
+    return pics
+
+
+def unavailable_card(message: str) -> None:
+    st.info(message, icon=":material/block:")
+
+
+# ------------------------------------------------------------------------------------------------
+# Report downloads
+# ------------------------------------------------------------------------------------------------
+def report_downloads(
+    page: Page,
+    model: ModelSummary,
+    image: LoadedImage,
+    predictions: Sequence[Prediction],
+    entries: Sequence[report.ReportEntry],
+    settings: DisplaySettings,
+    *,
+    grid: bool,
+    cells: Sequence[DeltaGenerator] | None = None,
+) -> None:
+    """Buttons for the HTML review report (and the whole grid as one PNG)."""
+    computed = [e for e in entries if e.result is not None]
+    if not computed:
+        return
+    stem = report.file_stem(image.name, model.ref.file_name.rsplit(".", 1)[0])
+    versions = service.versions()
+    top = list(predictions[:5])
+    frozen_entries = list(entries)
+
+    def html() -> str:
+        return report.html_report(
+            model=model,
+            image=image,
+            predictions=top,
+            entries=frozen_entries,
+            settings=settings,
+            versions=versions,
+        )
+
+    cells = list(cells) if cells is not None else st.columns([1, 1, 2])
+    cells[0].download_button(
+        "HTML review report",
+        _payload(html, image),
+        file_name=f"report-{stem}.html",
+        mime="text/html",
+        key=state.key(page, "download_report"),
+        on_click="ignore",
+        icon=":material/description:",
+        type="primary",
+        width="stretch",
+        help="A self-contained page with the images, heatmaps, predictions, every method's "
+        "resolved parameters, the model's and image's SHA-256 and the library versions.",
+    )
+    if grid:
+        title = f"{image.name} · {model.ref.file_name}"
+
+        width, height = image.size
+        shown = pictures_input(image, settings)
+
+        def grid_png() -> bytes:
+            return report.grid_png(
+                frozen_entries, title=title, image=shown, image_caption=f"{width}×{height} px"
+            )
+
+        cells[1].download_button(
+            "Grid as PNG",
+            _payload(grid_png, image),
+            file_name=f"comparison-{stem}.png",
+            mime="image/png",
+            key=state.key(page, "download_grid"),
+            on_click="ignore",
+            icon=":material/grid_view:",
+            width="stretch",
+        )
+
+
+# ------------------------------------------------------------------------------------------------
+# Model page pieces
+# ------------------------------------------------------------------------------------------------
+def model_summary(model: ModelSummary) -> None:
+    cols = st.columns(4)
+    cols[0].metric("Parameters", f"{model.n_params:,}")
+    cols[1].metric("Layers", model.n_layers)
+    cols[2].metric("Input", f"{model.input_size[0]}×{model.input_size[1]}×{model.channels}")
+    cols[3].metric("Classes", model.n_classes)
+    st.markdown(
+        f"**File:** {model.ref.file_name}"
+        + (f" · **SHA-256:** `{model.sha256}`" if model.sha256 else "")
+        + f"  \n**Preprocessing:** {model.preprocessing} — {model.preprocessing_reason}"
+        + f"  \n**Output:** {model.output_kind} from `{model.output_layer or '?'}`"
+        + (
+            f" · **CAM head:** `{model.cam_head}` → global average pooling → dense"
+            if model.cam_head
+            else " · no GAP → dense head (CAM does not apply; Grad-CAM does)"
+        )
+    )
+
+
+SECURITY_NOTE = """
+A model file is code-like input: a crafted file can try to run code when it is loaded.
+
+- Files are loaded with Keras **safe mode** on and **without custom objects**: `Lambda` layers
+  holding Python code and unknown custom layers are refused rather than executed.
+- The Keras version in use ({keras}) includes the published fixes for earlier safe-mode bypasses
+  (such as the `TFSMLayer` one) and for path traversal when a `.keras` archive is unpacked.
+- Legacy `.h5` files are read by Keras' legacy loader with safe mode requested as well; prefer
+  `.keras` files.
+- Uploads are stored under a name made of their SHA-256 in the system's temporary folder, and the
+  model's SHA-256 is printed above and in every report, so a result can be traced to its file.
+- Still: on a shared server, only load models from people you trust, and keep Keras up to date.
+"""
+
+
+def security_note() -> None:
+    import keras
+
+    with st.expander("Security notes on uploaded models", icon=":material/shield:"):
+        st.markdown(SECURITY_NOTE.format(keras=keras.__version__))
+
+
+def _layer_rows(layers: Sequence[Any], base_depth: int = 0) -> list[dict[str, Any]]:
+    rows = []
+    for info in layers:
+        indent = "\u2003" * max(0, info.depth - base_depth)
+        kind = f"{info.class_name} (sub-model)" if info.is_model else info.class_name
+        rows.append(
+            {
+                "Layer": indent + info.name,
+                "Type": kind,
+                "Output shape": _shape(info.output_shape),
+                "Parameters": info.n_params,
+                "Feature maps": "yes" if info.is_spatial and not info.is_model else "",
+            }
+        )
+    return rows
+
+
+def layer_table(model: ModelSummary) -> None:
+    """The architecture as a table; nested sub-models get an expander each."""
+    if not model.layers:
+        st.info(
+            "This model's layers cannot be listed (a subclassed model); only methods that need "
+            "no inner layer apply."
+        )
+        return
+    top = [info for info in model.layers if "/" not in info.path]
+    height, width = model.input_size
+    input_row = {
+        "Layer": "input",
+        "Type": "Input",
+        "Output shape": _shape((height or "any", width or "any", model.channels)),
+        "Parameters": 0,
+        "Feature maps": "",
+    }
+    st.dataframe(
+        [input_row, *_layer_rows(top)],
+        hide_index=True,
+        width="stretch",
+        height=min(40 + 35 * (len(top) + 1), 720),
+        column_config={"Parameters": st.column_config.NumberColumn(format="localized")},
+    )
+    for info in top:
+        if not info.is_model:
+            continue
+        inner = [i for i in model.layers if i.path.startswith(info.path + "/")]
+        label = f"Inside {info.name} · {len(inner)} layers · {info.n_params:,} parameters"
+        with st.expander(label):
+            st.dataframe(
+                _layer_rows(inner, base_depth=info.depth + 1),
+                hide_index=True,
+                width="stretch",
+                height=min(38 + 35 * len(inner), 480),
+                column_config={"Parameters": st.column_config.NumberColumn(format="localized")},
+            )
+
+
+def feature_map_grid(
+    activations: np.ndarray, channels: Sequence[int], colormap: str, columns: int = 8
+) -> None:
+    tiles = visuals.channel_tiles(activations, channels, colormap)
+    means = activations.mean(axis=(0, 1))
+    for start in range(0, len(tiles), columns):
+        cells = st.columns(columns)
+        for cell, index, tile in zip(
+            cells, channels[start : start + columns], tiles[start : start + columns], strict=False
+        ):
+            cell.image(
+                visuals.enlarge(tile, 128),
+                caption=f"#{index} · mean {means[index]:.2f}",
+                width="stretch",
+            )
+
+
+# ------------------------------------------------------------------------------------------------
+# Guide
+# ------------------------------------------------------------------------------------------------
+def methods_overview(methods: Sequence[MethodSummary], with_model: bool) -> None:
+    rows = []
+    for m in methods:
+        row = {
+            "Method": m.label,
+            "Family": FAMILY_LABELS.get(m.family, m.family),
+            "Cost": m.cost,
+            "Uses a layer": "yes" if m.uses_layer else "",
+            "Engines": ", ".join(ENGINE_LABELS.get(e, e) for e in m.engines),
+        }
+        if with_model:
+            row["Applies to this model"] = "yes" if m.applicable else f"no — {m.reason}"
+        rows.append(row)
+    st.table(pd.DataFrame(rows).set_index("Method"))
+
+
+def _range_text(spec: ParamSpec) -> str:
+    if spec.kind == "int":
+        return f"{int(spec.low or 0):,} – {int(spec.high or 0):,}"
+    return f"{spec.low:g} – {spec.high:g}"
+
+
+def method_guide(method: MethodSummary, with_model: bool) -> None:
+    family = FAMILY_LABELS.get(method.family, method.family)
+    st.subheader(method.label, anchor=method.name)
+    st.caption(f"{family} method · `{method.name}` · cost: {method.cost}")
+    st.markdown(method.description)
+    if method.formula:
+        st.latex(method.formula)
+    if method.caveats:
+        st.markdown(f"**Caveats.** {method.caveats}")
+    if method.params:
+        rows = [
+            {
+                "Parameter": p.name,
+                "Default": str(p.default),
+                "Range / choices": (
+                    "on / off"
+                    if p.kind == "bool"
+                    else ", ".join(map(str, p.choices))
+                    if p.choices
+                    else _range_text(p)
+                    if p.low is not None and p.high is not None
+                    else ""
+                ),
+                "Meaning": p.help + (" (advanced)" if p.advanced else ""),
+            }
+            for p in method.params
+        ]
+        st.table(pd.DataFrame(rows).set_index("Parameter"))
+    if with_model and not method.applicable:
+        st.warning(f"Not available for the loaded model: {method.reason}")
+    st.markdown(f"**Paper:** [{method.reference}]({method.reference_url})")

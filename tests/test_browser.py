@@ -1,0 +1,271 @@
+"""End-to-end: ``streamlit run app.py`` driven by a real (headless) Chromium through Playwright.
+
+Uploads a ``.keras`` model and an image through the file uploaders, opens Compare, picks four
+methods, waits for four heatmaps, moves the opacity slider, downloads the HTML report and checks
+its contents. Screenshots go to ``test-artifacts/``.
+
+Without Chromium or Playwright the test is skipped, except when the ``CI`` environment variable is
+set: then a missing browser is a failure.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from .dashboard_helpers import APP, build_assets, png_bytes, sample_image, tiny_flatten_model
+
+pytestmark = pytest.mark.browser
+
+ROOT = APP.parent
+ARTIFACTS = ROOT / "test-artifacts"
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+#: The four methods picked on the Compare page (labels as the UI shows them).
+PICKED = {
+    "vanilla_gradients": "Vanilla gradients",
+    "occlusion": "Occlusion",
+    "grad_cam": "Grad-CAM",
+    "integrated_gradients": "Integrated Gradients",
+}
+SERVER_START_S = 120
+COMPUTE_S = 120
+
+
+def _chromium() -> str | None:
+    for candidate in (
+        "/usr/bin/chromium",
+        shutil.which("chromium"),
+        shutil.which("chromium-browser"),
+    ):
+        if candidate and Path(candidate).exists():
+            return candidate
+    return None
+
+
+def _require_browser() -> str:
+    reason = None
+    try:
+        import playwright.sync_api  # noqa: F401
+    except ImportError:
+        reason = "the playwright package is not installed"
+    executable = _chromium()
+    if reason is None and executable is None:
+        reason = "no Chromium found (apt-get install chromium)"
+    if reason is not None:
+        if os.environ.get("CI"):
+            pytest.fail(f"browser test cannot run in CI: {reason}")
+        pytest.skip(reason)
+    assert executable is not None
+    return executable
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory) -> Iterator[str]:
+    """A ``streamlit run app.py`` subprocess on a free port, serving the tiny stand-in assets."""
+    _require_browser()
+    assets = build_assets(tmp_path_factory.mktemp("browser-assets"))
+    port = _free_port()
+    ARTIFACTS.mkdir(exist_ok=True)
+    log = (ARTIFACTS / "streamlit-server.log").open("w")
+    env = dict(os.environ, EXPLAINER_ASSETS_DIR=str(assets), TF_CPP_MIN_LOG_LEVEL="3")
+    process = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "streamlit",
+            "run",
+            str(APP),
+            "--server.headless",
+            "true",
+            "--server.port",
+            str(port),
+            "--server.address",
+            "127.0.0.1",
+            "--browser.gatherUsageStats",
+            "false",
+        ],
+        cwd=ROOT,
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + SERVER_START_S
+        while True:
+            try:
+                with urllib.request.urlopen(f"{url}/_stcore/health", timeout=2) as response:
+                    if response.status == 200:
+                        break
+            except OSError:
+                pass
+            if process.poll() is not None or time.monotonic() > deadline:
+                pytest.fail(f"streamlit did not start; see {ARTIFACTS / 'streamlit-server.log'}")
+            time.sleep(0.5)
+        yield url
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            process.kill()
+        log.close()
+
+
+def _wait_idle(page, timeout_s: float = COMPUTE_S) -> None:
+    """Wait until the script run finished (no 'Running…' status widget)."""
+    page.wait_for_timeout(400)
+    page.wait_for_function(
+        "() => !document.querySelector('[data-testid=\"stStatusWidget\"]')",
+        timeout=timeout_s * 1000,
+    )
+
+
+def _assert_no_exception(page) -> None:
+    assert page.locator('[data-testid="stException"]').count() == 0
+    assert "Traceback" not in page.locator('[data-testid="stMain"]').inner_text()
+
+
+def _card_images(page):
+    selector = ", ".join(
+        f".st-key-compare_card_{name} [data-testid='stImage'] img" for name in PICKED
+    )
+    return page.locator(selector)
+
+
+def test_upload_compare_adjust_and_download_report(server, tmp_path):
+    from playwright.sync_api import expect, sync_playwright
+
+    expect.set_options(timeout=COMPUTE_S * 1000)
+
+    model_path = tmp_path / "uploaded_flatten.keras"
+    tiny_flatten_model().save(model_path)
+    rgb, _ = sample_image("circle", seed=3)
+    image_path = tmp_path / "upload.png"
+    image_path.write_bytes(png_bytes(rgb))
+    model_sha = hashlib.sha256(model_path.read_bytes()).hexdigest()
+    image_sha = hashlib.sha256(image_path.read_bytes()).hexdigest()
+
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=_chromium(), args=CHROMIUM_ARGS)
+        try:
+            context = browser.new_context(viewport={"width": 1440, "height": 1000})
+            page = context.new_page()
+            page.set_default_timeout(COMPUTE_S * 1000)
+            page.goto(server)
+            sidebar = page.locator('[data-testid="stSidebar"]')
+            main = page.locator('[data-testid="stMain"]')
+
+            # The default state works with nothing done: demo model, first sample, Grad-CAM.
+            expect(main.get_by_text("Grad-CAM overlay")).to_be_visible()
+            _wait_idle(page)
+            _assert_no_exception(page)
+            page.screenshot(path=str(ARTIFACTS / "browser-01-explain-default.png"))
+
+            # Upload a model file through the model uploader.
+            sidebar.get_by_text("Upload a file", exact=True).click()
+            uploader = sidebar.locator('[data-testid="stFileUploader"]').filter(
+                has_text="Keras model file"
+            )
+            uploader.locator('input[type="file"]').set_input_files(str(model_path))
+            expect(sidebar.get_by_text("Loaded uploaded_flatten.keras")).to_be_visible()
+            _wait_idle(page)
+
+            # Upload an image through the image uploader.
+            sidebar.get_by_role("radio", name="Upload", exact=True).click()
+            uploader = sidebar.locator('[data-testid="stFileUploader"]').filter(
+                has_text="Image file"
+            )
+            uploader.locator('input[type="file"]').set_input_files(str(image_path))
+            expect(sidebar.get_by_text("upload.png · 48×48")).to_be_visible()
+            _wait_idle(page)
+            _assert_no_exception(page)
+            page.screenshot(path=str(ARTIFACTS / "browser-02-uploaded.png"))
+
+            # Compare: CAM does not apply to this model (no GAP head) and says why.
+            sidebar.get_by_role("link", name="Compare").click()
+            expect(main.get_by_text("Not available for this model")).to_be_visible()
+            _wait_idle(page)
+
+            # Pick four methods: empty the selection, then choose each by its label.
+            field = main.locator('[data-testid="stMultiSelect"] input')
+            field.click()
+            for _ in range(6):
+                field.press("Backspace")
+            _wait_idle(page)
+            for label in PICKED.values():
+                field.click()
+                field.fill(label)
+                page.get_by_role("option", name=label, exact=True).click()
+                _wait_idle(page)
+            page.keyboard.press("Escape")
+
+            expect(_card_images(page)).to_have_count(4, timeout=COMPUTE_S * 1000)
+            _wait_idle(page)
+            _assert_no_exception(page)
+            assert main.locator('[data-testid="stProgress"]').count() == 0
+            page.screenshot(path=str(ARTIFACTS / "browser-03-compare.png"), full_page=True)
+
+            # Display control: the overlays re-render (new pictures) from the cached maps.
+            before = _card_images(page).first.get_attribute("src")
+            opacity = main.locator('[data-testid="stSlider"]').filter(has_text="Overlay opacity")
+            opacity.get_by_role("slider").focus()
+            for _ in range(6):
+                page.keyboard.press("ArrowRight")
+            page.wait_for_timeout(1500)  # the slider sends its value after a short debounce
+            _wait_idle(page)
+            expect(opacity).to_contain_text("0.80")
+            expect(_card_images(page)).to_have_count(4)
+            expect(_card_images(page).first).not_to_have_attribute("src", before)
+            assert main.locator('[data-testid="stProgress"]').count() == 0
+            page.screenshot(path=str(ARTIFACTS / "browser-04-compare-opacity.png"))
+
+            # The HTML review report.
+            with page.expect_download(timeout=COMPUTE_S * 1000) as download_info:
+                main.get_by_role("button", name="HTML review report").click()
+            download = download_info.value
+            report_path = ARTIFACTS / "browser-report.html"
+            download.save_as(str(report_path))
+            html = report_path.read_text(encoding="utf-8")
+
+            with page.expect_download() as grid_info:
+                main.get_by_role("button", name="Grid as PNG").click()
+            grid_path = ARTIFACTS / "browser-grid.png"
+            grid_info.value.save_as(str(grid_path))
+            _assert_no_exception(page)
+        finally:
+            browser.close()
+
+    assert download.suggested_filename.endswith(".html")
+    for label in PICKED.values():
+        assert label in html
+    assert model_sha in html and image_sha in html
+    assert "uploaded_flatten.keras" in html and "upload.png" in html
+    for name in ("TensorFlow", "Keras", "explainers"):
+        assert f"<th>{name}</th>" in html
+    assert "opacity 0.80" in html  # the report shows what the screen shows
+    assert html.count("data:image/png;base64,") >= 1 + 3 * 4
+    assert grid_path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

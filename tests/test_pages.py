@@ -1,0 +1,474 @@
+"""Page tests: every dashboard page driven through ``streamlit.testing.v1.AppTest``.
+
+The app is pointed at tiny stand-in assets (``dashboard_helpers.build_assets``) so the tests do not
+depend on the trained demo models and run in seconds. ``service.compute_count`` proves which
+interactions recompute an explanation and which only re-render a cached map.
+"""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from .dashboard_helpers import (
+    APP,
+    build_assets,
+    png_bytes,
+    sample_image,
+    tiny_flatten_model,
+    tiny_nested_model,
+)
+
+AppTest = pytest.importorskip("streamlit.testing.v1").AppTest
+TIMEOUT = 120
+
+
+@pytest.fixture(scope="module")
+def assets(tmp_path_factory):
+    return build_assets(tmp_path_factory.mktemp("assets"))
+
+
+@pytest.fixture
+def app(assets, monkeypatch):
+    """The app on its default page after the first run (demo model and first sample loaded)."""
+    monkeypatch.setenv("EXPLAINER_ASSETS_DIR", str(assets))
+    at = AppTest.from_file(str(APP), default_timeout=TIMEOUT)
+    at.run()
+    assert_clean(at)
+    return at
+
+
+def assert_clean(at) -> None:
+    """No uncaught exception and no error message on the page."""
+    assert not at.exception, [e.value for e in at.exception]
+    assert not at.error, [e.value for e in at.error]
+
+
+def texts(elements) -> str:
+    return "\n".join(str(e.value) for e in elements)
+
+
+def count(kind: str = "explain") -> int:
+    from dashboard import service
+
+    return service.compute_count(kind)
+
+
+def test_no_legacy_pages_directory():
+    # A pages/ folder next to app.py switches Streamlit into v1 multipage mode for deep links
+    # (and for every AppTest rerun): the page would run without the sidebar. See app.py.
+    assert not (APP.parent / "pages").exists()
+
+
+# ------------------------------------------------------------------------------------------------
+# Explain
+# ------------------------------------------------------------------------------------------------
+def test_explain_default_state_renders(app):
+    assert [t.value for t in app.title] == ["Explain"]
+    assert app.session_state["active_model"].ref.file_name == "demo_shapes.keras"
+    assert app.session_state["active_image"].name == "shapes_circle_1"
+    assert app.selectbox(key="explain_method").value == "grad_cam"
+    assert "**Grad-CAM overlay**" in texts(app.markdown)
+    assert len(app.get("plotly_chart")) == 1
+    assert len(app.image) >= 3  # sidebar thumbnail, input, overlay
+    assert app.selectbox(key="explain_grad_cam_layer").value == "last_conv"
+
+
+def test_explain_method_change_updates_result(app):
+    before = count("explain:occlusion")
+    app.selectbox(key="explain_method").select("occlusion").run()
+    assert_clean(app)
+    assert "**Occlusion overlay**" in texts(app.markdown)
+    assert count("explain:occlusion") == before + 1
+    # Its parameters are generated from the ParamSpecs; advanced ones are there too.
+    assert app.number_input(key="explain_occlusion_patch_size").value == 16
+    assert app.number_input(key="explain_occlusion_batch_size").value == 32
+    # A compute parameter recomputes; the same parameters again come from the cache.
+    app.number_input(key="explain_occlusion_patch_size").set_value(8).run()
+    assert_clean(app)
+    assert count("explain:occlusion") == before + 2
+    app.number_input(key="explain_occlusion_patch_size").set_value(16).run()
+    assert count("explain:occlusion") == before + 2
+
+
+def test_explain_engine_choice(app):
+    before = count("explain:grad_cam")
+    app.radio(key="explain_grad_cam_engine").set_value("tf_explain").run()
+    assert not app.exception
+    assert count("explain:grad_cam") == before + 1
+    assert not app.error and "**engine:** tf-explain" in texts(app.markdown)
+    app.selectbox(key="explain_method").select("guided_backprop").run()
+    assert app.get("radio") == [] or all(
+        r.key != "explain_guided_backprop_engine" for r in app.radio
+    )
+
+
+def test_explain_target_class_is_selectable(app):
+    app.selectbox(key="explain_target").select(2).run()
+    assert_clean(app)
+    assert "**Target:** triangle (class 2" in texts(app.markdown)
+
+
+def test_explain_display_changes_do_not_recompute(app):
+    explained, predicted = count(), count("predict")
+    app.slider(key="explain_alpha").set_value(0.8)
+    app.slider(key="explain_clip").set_value(90.0)
+    app.slider(key="explain_blur").set_value(2.0)
+    app.selectbox(key="explain_sign").select("signed").run()
+    assert_clean(app)
+    app.selectbox(key="explain_colormap_diverging").select("PiYG").run()
+    app.toggle(key="sidebar_outline_mask").set_value(True).run()
+    app.selectbox(key="explain_sign").select("absolute").run()
+    app.selectbox(key="explain_colormap_sequential").select("Viridis").run()
+    assert_clean(app)
+    assert (count(), count("predict")) == (explained, predicted)
+
+
+def test_widget_values_survive_a_page_visit(app):
+    app.selectbox(key="explain_method").select("vanilla_gradients").run()
+    app.switch_page("app_pages/guide.py").run()
+    app.switch_page("app_pages/explain.py").run()
+    assert_clean(app)
+    assert app.selectbox(key="explain_method").value == "vanilla_gradients"
+
+
+# ------------------------------------------------------------------------------------------------
+# Compare
+# ------------------------------------------------------------------------------------------------
+def test_compare_default_grid(app):
+    app.switch_page("app_pages/compare.py").run()
+    assert_clean(app)
+    assert app.multiselect(key="compare_methods").value == [
+        "vanilla_gradients",
+        "occlusion",
+        "cam",
+        "grad_cam",
+    ]
+    headings = texts(app.markdown)
+    for label in ("Vanilla gradients", "Occlusion", "CAM", "Grad-CAM"):
+        assert f"##### {label}" in headings
+    # Every card has its overlay (+ the sidebar thumbnail) and its two downloads.
+    assert len(app.image) >= 5
+    assert len(app.get("download_button")) >= 2 * 4
+
+
+def test_compare_display_change_does_not_recompute_but_a_parameter_does(app):
+    app.switch_page("app_pages/compare.py").run()
+    explained = count()
+    app.slider(key="compare_alpha").set_value(0.2)
+    app.selectbox(key="compare_sign").select("signed").run()
+    app.slider(key="compare_blur").set_value(1.5).run()
+    assert_clean(app)
+    assert count() == explained
+    occlusion = count("explain:occlusion")
+    app.number_input(key="compare_occlusion_stride").set_value(4).run()
+    assert_clean(app)
+    assert count() == explained + 1  # only the card whose parameter changed
+    assert count("explain:occlusion") == occlusion + 1
+
+
+def test_compare_any_subset(app):
+    app.switch_page("app_pages/compare.py").run()
+    app.multiselect(key="compare_methods").set_value(["smoothgrad", "score_cam"]).run()
+    assert_clean(app)
+    headings = texts(app.markdown)
+    assert "##### SmoothGrad" in headings and "##### Score-CAM" in headings
+    assert "##### Occlusion" not in headings
+    app.multiselect(key="compare_methods").set_value([]).run()
+    assert "Pick at least one method" in texts(app.info)
+
+
+def test_compare_shows_inapplicable_methods_disabled_with_reason(app, tmp_path):
+    path = tmp_path / "flatten_head.keras"
+    tiny_flatten_model().save(path)
+    app.radio(key="sidebar_model_source").set_value("Upload a file").run()
+    app.file_uploader(key="sidebar_model_upload").upload(
+        "flatten_head.keras", path.read_bytes(), "application/octet-stream"
+    ).run()
+    assert_clean(app)
+    assert app.session_state["active_model"].ref.file_name == "flatten_head.keras"
+    app.switch_page("app_pages/compare.py").run()
+    assert_clean(app)
+    notes = texts(app.info)
+    assert "Not available for this model" in notes and "GlobalAveragePooling2D" in notes
+    assert "##### Grad-CAM" in texts(app.markdown)
+
+
+# ------------------------------------------------------------------------------------------------
+# Model and Guide
+# ------------------------------------------------------------------------------------------------
+def test_model_page_layers_and_feature_maps(app):
+    app.switch_page("app_pages/model.py").run()
+    assert_clean(app)
+    assert len(app.dataframe) >= 1
+    table = app.dataframe[0].value
+    assert list(table["Layer"])[:3] == ["input", "conv1", "last_conv"]
+    assert app.selectbox(key="model_layer").value == "last_conv"
+    assert len(app.image) >= 1 + 8  # the sidebar thumbnail and 8 channels
+    app.selectbox(key="model_layer").select("conv1").run()
+    assert_clean(app)
+    assert "conv1: 8 channels of 32×32" in texts(app.caption)
+
+
+def test_model_page_expands_nested_sub_models(app, tmp_path):
+    path = tmp_path / "nested.keras"
+    tiny_nested_model().save(path)
+    app.radio(key="sidebar_model_source").set_value("Upload a file").run()
+    app.file_uploader(key="sidebar_model_upload").upload("nested.keras", path.read_bytes()).run()
+    app.switch_page("app_pages/model.py").run()
+    assert_clean(app)
+    outer = list(app.dataframe[0].value["Layer"])
+    assert "backbone" in outer and "block_conv" not in outer
+    assert any(e.label.startswith("Inside backbone") for e in app.expander)
+    inner = list(app.dataframe[1].value["Layer"])
+    assert [name.strip() for name in inner] == ["stem_conv", "block_conv"]
+    layers = app.selectbox(key="model_layer").options
+    assert any("backbone/block_conv" in option for option in layers)
+
+
+def test_guide_lists_every_method_with_formula(app):
+    import explainers
+
+    app.switch_page("app_pages/guide.py").run()
+    assert_clean(app)
+    methods = explainers.available_methods()
+    headings = [h.value for h in app.subheader]
+    assert sorted(headings) == sorted(m.label for m in methods)
+    assert len(app.latex) == sum(1 for m in methods if m.formula)
+    assert all(m.reference_url in texts(app.markdown) for m in methods)
+
+
+# ------------------------------------------------------------------------------------------------
+# Inputs: uploads, bad files, missing assets
+# ------------------------------------------------------------------------------------------------
+def test_bad_image_upload_shows_error_and_keeps_previous_image(app):
+    app.segmented_control(key="sidebar_image_source").set_value("Upload").run()
+    app.file_uploader(key="sidebar_image_upload").upload(
+        "broken.png", b"this is not a PNG", "image/png"
+    ).run()
+    assert not app.exception
+    message = texts(app.error)
+    assert "not an image format we can read" in message
+    assert "Still using **shapes_circle_1**" in message
+    assert app.session_state["active_image"].name == "shapes_circle_1"
+    assert "**Grad-CAM overlay**" in texts(app.markdown)  # the page still works
+
+
+def test_good_image_upload_replaces_the_image(app):
+    rgb, _ = sample_image("square", seed=7)
+    buffer = io.BytesIO()
+    Image.fromarray(rgb).save(buffer, format="JPEG")
+    app.segmented_control(key="sidebar_image_source").set_value("Upload").run()
+    app.file_uploader(key="sidebar_image_upload").upload(
+        "photo.jpg", buffer.getvalue(), "image/jpeg"
+    ).run()
+    assert_clean(app)
+    image = app.session_state["active_image"]
+    assert (image.name, image.source, image.pixels.shape) == ("photo.jpg", "upload", (48, 48, 3))
+    assert image.mask is None
+
+
+def test_camera_picture_becomes_the_image(app):
+    rgb, _ = sample_image("circle", seed=11)
+    buffer = io.BytesIO()
+    Image.fromarray(rgb).save(buffer, format="JPEG")
+    app.segmented_control(key="sidebar_image_source").set_value("Camera").run()
+    app.camera_input(key="sidebar_camera").upload("photo.jpg", buffer.getvalue()).run()
+    assert_clean(app)
+    assert app.session_state["active_image"].source == "camera"
+    assert "**Grad-CAM overlay**" in texts(app.markdown)
+
+
+def test_bad_model_upload_shows_error_and_keeps_previous_model(app):
+    app.radio(key="sidebar_model_source").set_value("Upload a file").run()
+    app.file_uploader(key="sidebar_model_upload").upload(
+        "broken.keras", b"PK\x03\x04 definitely not a model", "application/octet-stream"
+    ).run()
+    assert not app.exception
+    message = texts(app.error)
+    assert "could not be loaded as a Keras model" in message
+    assert "Still using **demo_shapes.keras**" in message
+    assert app.session_state["active_model"].ref.file_name == "demo_shapes.keras"
+    assert "**Grad-CAM overlay**" in texts(app.markdown)
+
+
+def test_wrong_labels_file_is_explained(app):
+    with_labels = app.file_uploader(key="sidebar_labels_upload")
+    with_labels.upload("labels.txt", b"only\ntwo\n", "text/plain").run()
+    assert not app.exception
+    assert "2 class names but the model has 3 classes" in texts(app.error)
+    assert app.session_state["active_model"].class_names == ("circle", "square", "triangle")
+
+
+def test_keras_applications_offline_is_a_plain_message(app, monkeypatch):
+    import explainers
+
+    def offline(name, **kwargs):
+        raise explainers.ModelLoadError(
+            f"The ImageNet weights for {name} could not be downloaded: this machine has no "
+            "internet access. Upload a saved .keras or .h5 model file instead."
+        )
+
+    monkeypatch.setattr(explainers, "load_application", offline)
+    app.radio(key="sidebar_model_source").set_value("keras.applications").run()
+    app.button(key="sidebar_application_load").click().run()
+    assert not app.exception
+    message = texts(app.error)
+    assert "no internet access" in message and "Upload a saved .keras" in message
+    assert app.session_state["active_model"].ref.file_name == "demo_shapes.keras"
+
+
+def test_bundled_demo_model_is_the_default(monkeypatch):
+    from dashboard import service
+
+    real = service.ASSETS_DIR
+    if not (real / "models" / "demo_shapes.keras").exists():
+        pytest.skip("the demo assets are not built (python assets/make_demo_models.py)")
+    monkeypatch.delenv("EXPLAINER_ASSETS_DIR", raising=False)
+    at = AppTest.from_file(str(APP), default_timeout=TIMEOUT)
+    at.run()
+    assert_clean(at)
+    assert at.session_state["active_model"].ref.file_name == "demo_shapes.keras"
+    assert at.session_state["active_model"].class_names[:2] == ("circle", "square")
+    assert at.session_state["active_image"].name.startswith("shapes_")
+    assert at.session_state["active_image"].mask is not None
+
+
+def test_missing_assets_do_not_crash(tmp_path, monkeypatch):
+    monkeypatch.setenv("EXPLAINER_ASSETS_DIR", str(tmp_path / "nothing-here"))
+    at = AppTest.from_file(str(APP), default_timeout=TIMEOUT)
+    at.run()
+    assert not at.exception
+    assert "demo models are not installed" in texts(at.warning)
+    assert "No sample images are installed" in texts(at.warning)
+    assert "No model is loaded yet" in texts(at.info)
+    for page in ("app_pages/compare.py", "app_pages/model.py", "app_pages/guide.py"):
+        at.switch_page(page).run()
+        assert not at.exception
+    assert len(at.latex) > 0  # the Guide works without a model
+
+
+# ------------------------------------------------------------------------------------------------
+# Service and export (no page)
+# ------------------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def loaded(assets):
+    from dashboard import service
+
+    model = service.load_model(
+        service.file_model_ref(assets / "models" / "demo_shapes.keras", preprocessing="auto")
+    )
+    image = service.load_sample(
+        service.Sample(
+            assets / "samples" / "shapes_circle_1.png",
+            assets / "samples" / "shapes_circle_1_mask.png",
+            None,
+        )
+    )
+    return model, image
+
+
+def test_progress_is_forwarded_for_long_methods(loaded):
+    from dashboard import service
+
+    model, image = loaded
+    request = service.explanation_request(
+        model, image, "occlusion", {"patch_size": 8, "stride": 3}, target=0
+    )
+    calls: list[tuple[float, str]] = []
+    service.explain(request, image, lambda fraction, message: calls.append((fraction, message)))
+    assert len(calls) >= 3 and calls[-1][0] == 1.0
+    assert all(0.0 <= f <= 1.0 for f, _ in calls)
+    before = service.compute_count()
+    service.explain(request, image, lambda f, m: calls.append((f, m)))  # cached: no compute
+    assert service.compute_count() == before
+
+
+def test_service_errors_are_sentences(loaded):
+    from dashboard import service
+
+    model, image = loaded
+    with pytest.raises(service.ServiceError, match="patch_size must be ≥ 1"):
+        service.explanation_request(model, image, "occlusion", {"patch_size": 0}, target=0)
+    with pytest.raises(service.ServiceError, match="not an image format"):
+        service.load_image_bytes("x.png", b"nope")
+
+
+def test_html_report_and_exports(loaded):
+    from dashboard import report, service, visuals
+
+    model, image = loaded
+    settings = visuals.DisplaySettings(outline_mask=True)
+    entries = []
+    for name in ("vanilla_gradients", "grad_cam"):
+        request = service.explanation_request(
+            model, image, name, {}, target=1, layer="last_conv" if name == "grad_cam" else None
+        )
+        result = service.explain(request, image)
+        entries.append(
+            report.ReportEntry(
+                model.method(name),
+                result,
+                visuals.overlay_rgb(image.pixels, result.attribution, settings, image.mask),
+                visuals.heatmap_rgb(result.attribution, settings),
+            )
+        )
+    entries.append(report.ReportEntry(model.method("occlusion"), problem="skipped on purpose"))
+    page = report.html_report(
+        model=model,
+        image=image,
+        predictions=service.predictions(model, image, k=3),
+        entries=entries,
+        settings=settings,
+        versions=service.versions(),
+    )
+    assert model.sha256 in page and image.sha256 in page
+    assert "Vanilla gradients" in page and "Grad-CAM" in page and "skipped on purpose" in page
+    assert "demo_shapes.keras" in page and f"<td>{model.n_layers}</td>" in page
+    for name in ("TensorFlow", "Keras", "explainers"):
+        assert f"<th>{name}</th>" in page
+    assert page.count('src="data:image/png;base64,') >= 1 + 3 * 2
+    assert 'src="http' not in page
+    grid = Image.open(io.BytesIO(report.grid_png(entries, title="t")))
+    assert grid.format == "PNG" and grid.size[0] > 2 * 288
+    raw = np.load(io.BytesIO(report.npy_bytes(entries[0].result.attribution)))
+    assert raw.dtype == np.float32 and raw.shape == image.pixels.shape[:2]
+    assert report.png_bytes(entries[0].overlay)[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_display_settings_change_the_pictures_not_the_map(loaded):
+    from dashboard import service, visuals
+
+    model, image = loaded
+    request = service.explanation_request(model, image, "grad_cam", {}, target=0, layer=None)
+    result = service.explain(request, image)
+    raw = result.attribution.copy()
+    soft = visuals.overlay_rgb(image.pixels, raw, visuals.DisplaySettings(alpha=0.2))
+    strong = visuals.overlay_rgb(image.pixels, raw, visuals.DisplaySettings(alpha=0.9))
+    outlined = visuals.overlay_rgb(
+        image.pixels, raw, visuals.DisplaySettings(outline_mask=True), image.mask
+    )
+    assert not np.array_equal(soft, strong)
+    assert (outlined == 255).all(axis=-1).sum() > 0
+    np.testing.assert_array_equal(result.attribution, raw)
+    assert not result.attribution.flags.writeable
+    assert png_bytes(soft)[:4] == b"\x89PNG"
+
+
+def test_large_images_are_drawn_at_display_size():
+    from dashboard import visuals
+
+    image = np.zeros((1500, 2000, 3), np.uint8)
+    attribution = np.random.default_rng(0).normal(size=(1500, 2000)).astype(np.float32)
+    mask = np.zeros((1500, 2000), bool)
+    mask[100:400, 100:400] = True
+    settings = visuals.DisplaySettings(blur=4.0)
+    small, small_map, small_mask, marker, scaled = visuals.display_inputs(
+        image, attribution, mask, None, settings
+    )
+    assert small.shape == (768, 1024, 3) and small_map.shape == small_mask.shape == (768, 1024)
+    assert marker is None and scaled.blur == pytest.approx(4.0 * 1024 / 2000)
+    assert visuals.enlarge(np.zeros((96, 96, 3), np.uint8)).shape == (384, 384, 3)
