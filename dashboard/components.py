@@ -409,12 +409,8 @@ def _compact_shape(shape: Sequence[int]) -> str:
     return "×".join(str(s) for s in shape)
 
 
-#: Display labels for parameter names whose capitalised form reads badly.
-_PARAM_LABELS = {"relu": "ReLU on the map", "n_samples": "Noisy samples"}
-
-
 def param_label(spec: ParamSpec) -> str:
-    return _PARAM_LABELS.get(spec.name, spec.label)
+    return spec.label
 
 
 def layer_picker(

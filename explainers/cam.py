@@ -152,6 +152,7 @@ RELU = ParamSpec(
     "bool",
     True,
     "Keep only positive evidence (the papers' ReLU); off shows signed raw maps.",
+    title="ReLU on the map",
 )
 _CAM_CAVEAT = (
     "Resolution is that of the chosen layer (e.g. 12×12 upsampled), so it localises coarsely. "

@@ -102,6 +102,7 @@ def generate_sample(
     label: int | None = None,
     marker: bool = False,
     marker_label: int | None = None,
+    clutter: float = 1.0,
 ) -> ShapeSample:
     """Generate one cluttered image containing one class shape.
 
@@ -118,6 +119,10 @@ def generate_sample(
         Paint the solid corner marker (about ``size / 12`` px square, top-left).
     marker_label : int or None
         Class whose colour the marker takes; defaults to ``label``.  Ignored without ``marker``.
+    clutter : float
+        Amount of clutter in [0, 1]: scales the background texture's contrast and the number of
+        distractors.  1 is the standard demo scene; 0 leaves a gently shaded, distractor-free
+        background (an easier variant, useful as a warm-up when training).
 
     Returns
     -------
@@ -137,10 +142,11 @@ def generate_sample(
     if marker_label is None:
         marker_label = label
     marker_label = _check_label(marker_label, "marker_label")
+    _check_clutter(clutter)
 
-    canvas = _background(rng, size)
+    canvas = _background(rng, size, clutter)
     image = Image.fromarray(_to_uint8(canvas))
-    _draw_distractors(rng, image)
+    _draw_distractors(rng, image, clutter)
     canvas = np.asarray(image, dtype=np.float32) / 255.0
 
     mask = _shape_mask(rng, size, label)
@@ -173,6 +179,7 @@ def generate_dataset(
     variant: Literal["honest", "shortcut"] = "honest",
     shape_agreement: float = 1.0,
     marker: bool | None = None,
+    clutter: float = 1.0,
 ) -> dict[str, np.ndarray]:
     """Generate a class-balanced dataset of cluttered shape images.
 
@@ -196,6 +203,8 @@ def generate_dataset(
         Override whether the marker is painted (default: only for ``"shortcut"``).  The marker
         always encodes ``labels``.  With the same ``seed``, toggling it changes only the marker's
         pixels, which makes "the same images without the marker" easy to build.
+    clutter : float
+        Amount of background clutter in [0, 1] (see :func:`generate_sample`); 1 is the standard.
 
     Returns
     -------
@@ -212,6 +221,7 @@ def generate_dataset(
         raise ValueError(f"expected variant 'honest' or 'shortcut', got {variant!r}")
     if not 0.0 <= shape_agreement <= 1.0:
         raise ValueError(f"expected shape_agreement in [0, 1], got {shape_agreement}")
+    _check_clutter(clutter)
     if marker is None:
         marker = variant == "shortcut"
 
@@ -235,6 +245,7 @@ def generate_dataset(
             label=int(shape_labels[i]),
             marker=marker,
             marker_label=int(labels[i]),
+            clutter=clutter,
         )
         images[i] = sample.image
         masks[i] = sample.mask
@@ -255,6 +266,11 @@ def _check_label(value: int, name: str) -> int:
     if not 0 <= int(value) < _N_CLASSES:
         raise ValueError(f"expected {name} in [0, {_N_CLASSES - 1}], got {value}")
     return int(value)
+
+
+def _check_clutter(clutter: float) -> None:
+    if not 0.0 <= clutter <= 1.0:
+        raise ValueError(f"expected clutter in [0, 1], got {clutter}")
 
 
 def _to_uint8(canvas: np.ndarray) -> np.ndarray:
@@ -317,7 +333,7 @@ def _blotches(rng: np.random.Generator, size: int) -> np.ndarray:
 _TEXTURES = (_stripes, _value_noise, _blotches, _gradient)
 
 
-def _background(rng: np.random.Generator, size: int) -> np.ndarray:
+def _background(rng: np.random.Generator, size: int, clutter: float) -> np.ndarray:
     """Textured background: a colour gradient overlaid with one or two random textures."""
     canvas = _gradient(rng, size)
     for index in rng.choice(len(_TEXTURES), size=int(rng.integers(1, 3)), replace=False):
@@ -325,18 +341,19 @@ def _background(rng: np.random.Generator, size: int) -> np.ndarray:
         canvas = canvas + rng.uniform(0.35, 0.85) * (texture - canvas)
     # Keep the texture busy but a notch below the object's contrast.
     mean = canvas.mean(axis=(0, 1), keepdims=True)
-    canvas = mean + rng.uniform(0.45, 0.85) * (canvas - mean)
+    contrast = rng.uniform(0.45, 0.85) * (0.2 + 0.8 * clutter)
+    canvas = mean + contrast * (canvas - mean)
     # Fine-grained pixel noise, of random strength.
     canvas = canvas + rng.normal(0.0, rng.uniform(0.0, 0.05), size=canvas.shape)
     return canvas.astype(np.float32)
 
 
-def _draw_distractors(rng: np.random.Generator, image: Image.Image) -> None:
+def _draw_distractors(rng: np.random.Generator, image: Image.Image, clutter: float) -> None:
     """Draw strokes that are not class shapes: segments, dots, rings/arcs and scribbles."""
     size = image.size[0]
     draw = ImageDraw.Draw(image)
     scale = size / 96.0
-    for _ in range(int(rng.integers(4, 10))):
+    for _ in range(round(int(rng.integers(4, 10)) * clutter)):
         colour = tuple(int(c) for c in rng.integers(0, 256, 3))
         kind = int(rng.integers(4))
         if kind == 0:  # line segment

@@ -342,7 +342,16 @@ register(
                 "The gradient method to smooth.",
                 choices=tuple(SMOOTHABLE),
             ),
-            ParamSpec("n_samples", "int", 20, "Noisy copies averaged.", low=1, high=500, step=1),
+            ParamSpec(
+                "n_samples",
+                "int",
+                20,
+                "Noisy copies averaged.",
+                low=1,
+                high=500,
+                step=1,
+                title="Noisy samples",
+            ),
             ParamSpec(
                 "noise_level",
                 "float",

@@ -38,12 +38,14 @@ class ParamSpec:
     high: float | None = None
     choices: tuple[Any, ...] | None = None
     step: float | None = None
-    #: "advanced" parameters are folded away in the UI; "compute" ones are cache keys.
+    #: "advanced" parameters are folded away in the UI.
     advanced: bool = False
+    #: Display name for controls; defaults to the name in words ("batch_size" → "Batch size").
+    title: str | None = None
 
     @property
     def label(self) -> str:
-        return self.name.replace("_", " ").capitalize()
+        return self.title or self.name.replace("_", " ").capitalize()
 
     def coerce(self, value: Any) -> Any:
         """Validate ``value`` (a Python value or a CLI string) and return it typed.

@@ -10,6 +10,8 @@ from ours, the difference is kept (it is what a tf-explain user gets) and named 
 
 from __future__ import annotations
 
+import contextlib
+import io
 from collections.abc import Callable
 from typing import Any
 
@@ -123,7 +125,8 @@ def _occlusion(request: ExplainRequest, model: Any) -> tuple[np.ndarray, dict[st
         )
     patch = int(request.params["patch_size"])
     explainer = OcclusionSensitivity(batch_size=int(request.params["batch_size"]))
-    sensitivity = explainer.get_sensitivity_map(model, x, request.target, patch)
+    with contextlib.redirect_stdout(io.StringIO()):  # its model.predict prints a progress bar
+        sensitivity = explainer.get_sensitivity_map(model, x, request.target, patch)
     # Its final cv2.resize upsamples the coarse grid; bring it to our float32 (h, w) map.
     sensitivity = resize_map(np.asarray(sensitivity, np.float32), (h, w))
     # It reports 1 − p(occluded); convert to our drop p(x) − p(occluded).
