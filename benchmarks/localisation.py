@@ -23,6 +23,8 @@ import explainers  # noqa: E402
 from explainers.demo_data import generate_dataset  # noqa: E402
 from explainers.metrics import energy_in_mask, pointing_game  # noqa: E402
 
+# The pointing game's tolerance (Zhang et al. 2018): 15 px at 224 px, scaled to the 96-px images.
+TOLERANCE = round(15 * 96 / 224)
 # Lighter settings for the slow methods, so the whole table takes minutes, not hours.
 PARAMS = {"smoothgrad": {"n_samples": 10}, "integrated_gradients": {"steps": 16}}
 
@@ -40,7 +42,7 @@ def main() -> None:
     area = float(data["masks"].mean())
     rows = []
     for info in explainers.available_methods(bundle):
-        hits, energy, seconds = [], [], []
+        hits, loose, energy, seconds = [], [], [], []
         for image, mask, label in zip(data["images"], data["masks"], data["labels"], strict=True):
             started = time.perf_counter()
             result = explainers.explain(
@@ -48,20 +50,23 @@ def main() -> None:
             )
             seconds.append(time.perf_counter() - started)
             hits.append(pointing_game(result.attribution, mask))
+            loose.append(pointing_game(result.attribution, mask, tolerance=TOLERANCE))
             energy.append(energy_in_mask(result.attribution, mask))
-        rows.append((info.name, np.mean(hits), np.mean(energy), np.median(seconds) * 1000))
+        rows.append(
+            (info.name, np.mean(hits), np.mean(loose), np.mean(energy), np.median(seconds) * 1000)
+        )
         print(
-            f"{info.name:22s} pointing {rows[-1][1]:.3f}  energy {rows[-1][2]:.3f}  "
-            f"median {rows[-1][3]:.0f} ms",
+            f"{info.name:22s} pointing {rows[-1][1]:.3f} (±{TOLERANCE} px {rows[-1][2]:.3f})  "
+            f"energy {rows[-1][3]:.3f}  median {rows[-1][4]:.0f} ms",
             flush=True,
         )
     lines = [
         f"Honest demo model, {args.n} fresh generated images (seed {args.seed}), target = true "
         f"class. Object area (chance level for energy): {area:.3f}.",
         "",
-        "| method | pointing game | energy in mask | median ms |",
-        "|---|---|---|---|",
-        *(f"| {n} | {h:.3f} | {e:.3f} | {t:.0f} |" for n, h, e, t in rows),
+        f"| method | pointing, strict | pointing ±{TOLERANCE} px | energy in mask | median ms |",
+        "|---|---|---|---|---|",
+        *(f"| {n} | {h:.3f} | {lo:.3f} | {e:.3f} | {t:.0f} |" for n, h, lo, e, t in rows),
     ]
     print("\n".join(lines))
     if args.out:

@@ -121,8 +121,8 @@ def generate_sample(
         Class whose colour the marker takes; defaults to ``label``.  Ignored without ``marker``.
     clutter : float
         Amount of clutter in [0, 1]: scales the background texture's contrast and the number of
-        distractors.  1 is the standard demo scene; 0 leaves a gently shaded, distractor-free
-        background (an easier variant, useful as a warm-up when training).
+        distractors.  1 is the standard demo scene (the demo models were trained on it); 0 leaves
+        a gently shaded, distractor-free background (an easier variant).
 
     Returns
     -------

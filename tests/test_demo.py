@@ -41,21 +41,28 @@ def test_demo_model_accuracy_on_fresh_images(demo_bundle, fresh_honest):
     assert accuracy(demo_bundle, fresh_honest["images"], fresh_honest["labels"]) >= 0.95
 
 
+# The pointing game's tolerance (Zhang et al. 2018): 15 px on 224-px images, scaled to 96 px.
+TOLERANCE = round(15 * 96 / 224)
+
+
 @pytest.mark.parametrize("method", ["grad_cam", "cam"])
 def test_cam_localises_the_object(demo_bundle, fresh_honest, method):
-    hits, energy, chance = [], [], []
+    hits, strict, energy, chance = [], [], [], []
     for image, mask, label in zip(
         fresh_honest["images"], fresh_honest["masks"], fresh_honest["labels"], strict=True
     ):
         result = explainers.explain(demo_bundle, image, method, target=int(label))
-        hits.append(pointing_game(result.attribution, mask))
+        hits.append(pointing_game(result.attribution, mask, tolerance=TOLERANCE))
+        strict.append(pointing_game(result.attribution, mask))
         energy.append(energy_in_mask(result.attribution, mask))
         chance.append(mask.mean())
     print(
-        f"{method}: pointing game {np.mean(hits):.3f}, energy in mask {np.mean(energy):.3f} "
-        f"(object area {np.mean(chance):.3f})"
+        f"{method}: pointing game {np.mean(hits):.3f} (±{TOLERANCE} px), {np.mean(strict):.3f} "
+        f"strictly inside; energy in mask {np.mean(energy):.3f} (object area {np.mean(chance):.3f})"
     )
     assert np.mean(hits) >= 0.90
+    # Strictly inside is lower: the 12×12 map can peak on the shape's outline, just off the mask.
+    assert np.mean(strict) >= 0.8
     assert np.mean(energy) > 2 * np.mean(chance)
 
 
