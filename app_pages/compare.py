@@ -12,17 +12,12 @@ COLUMNS = 4
 
 
 def page() -> None:
-    components.page_title(
+    header = components.page_header(
         "Compare", "Several methods side by side: same image, same class, same display."
     )
-    inputs = components.require_inputs()
-    if inputs is None:
+    if header is None:
         return
-    model, image = inputs
-    predictions = components.predictions_or_error(model, image)
-    if predictions is None:
-        return
-    components.context_line(model, image, predictions)
+    model, image, predictions = header
 
     methods_col, target_col = st.columns([3, 1])
     with methods_col:

@@ -11,17 +11,12 @@ PAGE = "explain"
 
 
 def page() -> None:
-    components.page_title(
+    header = components.page_header(
         "Explain", "One method in depth: where it looks, the raw values, and what it depends on."
     )
-    inputs = components.require_inputs()
-    if inputs is None:
+    if header is None:
         return
-    model, image = inputs
-    predictions = components.predictions_or_error(model, image)
-    if predictions is None:
-        return
-    components.context_line(model, image, predictions)
+    model, image, predictions = header
 
     method_col, target_col, layer_col, engine_col = st.columns([1.2, 1.2, 1.2, 0.8])
     with method_col:

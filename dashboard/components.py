@@ -115,6 +115,23 @@ def predictions_or_error(model: ModelSummary, image: LoadedImage) -> list[Predic
         return None
 
 
+def page_header(
+    title: str, subtitle: str
+) -> tuple[ModelSummary, LoadedImage, list[Prediction]] | None:
+    """Title, the loaded model and image, their predictions and the context line; None (with the
+    reason shown) when the page has nothing to work on."""
+    page_title(title, subtitle)
+    inputs = require_inputs()
+    if inputs is None:
+        return None
+    model, image = inputs
+    predictions = predictions_or_error(model, image)
+    if predictions is None:
+        return None
+    context_line(model, image, predictions)
+    return model, image, predictions
+
+
 # ------------------------------------------------------------------------------------------------
 # Sidebar: model and image inputs shared by every page
 # ------------------------------------------------------------------------------------------------
