@@ -218,7 +218,7 @@ def available_methods(bundle: ModelBundle | None = None) -> list[MethodInfo]:
 
 def _load_methods() -> None:
     # Importing the method modules registers them (kept lazy so importing the registry is cheap).
-    from . import cam, gradients, occlusion  # noqa: F401
+    from . import cam, gradients, occlusion, rise, superpixels  # noqa: F401
 
 
 # Parameters several methods share ---------------------------------------------------------------

@@ -27,7 +27,7 @@ def test_methods_lists_every_method_with_parameters():
     result = run_cli("methods", "--json")
     assert result.returncode == 0, result.stderr
     methods = {m["name"]: m for m in json.loads(result.stdout)}
-    assert len(methods) == 12
+    assert len(methods) == 15
     steps = next(p for p in methods["integrated_gradients"]["params"] if p["name"] == "steps")
     assert steps["default"] == 32 and steps["low"] == 1
 

@@ -17,6 +17,9 @@ FAST = {
     "integrated_gradients": {"steps": 4},
     "score_cam": {"batch_size": 8},
     "occlusion": {"patch_size": 8, "stride": 8},
+    "rise": {"n_masks": 24, "batch_size": 8},
+    "lime": {"n_samples": 40, "n_segments": 16},
+    "kernel_shap": {"max_evals": 40, "n_segments": 16},
 }
 
 
@@ -28,6 +31,9 @@ def test_registry_names_match_the_design():
         "integrated_gradients",
         "guided_backprop",
         "occlusion",
+        "rise",
+        "lime",
+        "kernel_shap",
         "cam",
         "grad_cam",
         "grad_cam_plus_plus",

@@ -39,4 +39,4 @@ def test_no_method_crashes_on_a_projection_shortcut():
         [sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True, timeout=600
     )
     assert result.returncode == 0, (result.returncode, result.stderr[-3000:])
-    assert "OK 12" in result.stdout
+    assert "OK 15" in result.stdout
