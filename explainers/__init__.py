@@ -33,6 +33,7 @@ from .errors import (
     MethodNotApplicableError,
     ModelLoadError,
     ParameterError,
+    UnsafeModelError,
     UnsupportedModelError,
 )
 from .explain import Explanation, explain
@@ -69,6 +70,7 @@ __all__ = [
     "ParamSpec",
     "ParameterError",
     "SanityResult",
+    "UnsafeModelError",
     "UnsupportedModelError",
     "__version__",
     "aggregate",

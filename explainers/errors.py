@@ -19,6 +19,12 @@ class ModelLoadError(ExplainerError):
     """The model file could not be loaded (wrong format, corrupt, unsafe, offline download...)."""
 
 
+class UnsafeModelError(ModelLoadError):
+    """The model file was refused before Keras read it: it holds code, reaches outside Keras, or
+    is built to exhaust memory or disk (see :mod:`explainers.safety`). The message names what was
+    found, where, and what to do."""
+
+
 class UnsupportedModelError(ExplainerError):
     """The model loaded but it is not an image classifier the methods can explain."""
 

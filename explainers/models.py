@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any, Literal, get_args
 import numpy as np
 from PIL import Image
 
-from .errors import ModelLoadError, ParameterError, UnsupportedModelError
+from .errors import ExplainerError, ModelLoadError, ParameterError, UnsupportedModelError
 from .graph import INPUT_NAME, LayerInfo, describe_layers, is_graph_model
 
 if TYPE_CHECKING:
@@ -157,6 +157,11 @@ class ModelBundle:
     def predict(self, image: np.ndarray) -> np.ndarray:
         """Class probabilities, float64 (n_classes,), for one uint8 image of any size."""
         _, probs = self.runner.predict(self.model_input(image))
+        if not np.all(np.isfinite(probs)):
+            raise ExplainerError(
+                "the model's output for this image is not a number (NaN or inf); "
+                "check the model and the preprocessing"
+            )
         return probs[0].astype(np.float64)
 
     def top_k(self, image: np.ndarray, k: int = 5) -> list[tuple[int, str, float]]:
@@ -299,8 +304,15 @@ def load_model(
     labels: str | os.PathLike | bytes | list[str] | None = None,
     output_index: int | None = None,
     name: str | None = None,
+    trust: bool = False,
+    max_bytes: int | None = None,
 ) -> ModelBundle:
     """Load a ``.keras`` or legacy ``.h5``/``.hdf5`` Keras model file into a :class:`ModelBundle`.
+
+    The file is inspected by :func:`explainers.safety.inspect_model_file` before Keras reads a
+    byte of it: files with Lambda layers, serialised functions, classes from outside Keras, unsafe
+    archive entries, decompression bombs or impossible weight shapes are refused with an
+    :class:`~explainers.errors.UnsafeModelError` that says what was found and where.
 
     Parameters
     ----------
@@ -315,7 +327,16 @@ def load_model(
         Which output to explain for multi-output models (default: the first with a class vector).
     name
         Display name (default: the file name).
+    trust
+        An operator's decision, never a user's: skip the checks for code and custom objects and
+        load with Keras ``safe_mode=False``, so a Lambda layer's bytecode runs. The archive
+        structure, size and weights checks still apply. The dashboard reads it from
+        ``EXPLAINER_TRUST_MODEL_FILES`` (see :func:`explainers.safety.trust_from_environment`).
+    max_bytes
+        Largest file size accepted (default :data:`explainers.safety.DEFAULT_MAX_BYTES`, 1 GiB).
     """
+    from .safety import DEFAULT_MAX_BYTES, inspect_model_file
+
     path = Path(path)
     if not path.exists():
         raise ModelLoadError(f"no model file at {str(path)!r}")
@@ -324,10 +345,12 @@ def load_model(
             f"{path.name!r} is not a Keras model file: expected a .keras, .h5 or .hdf5 file, "
             f"got {path.suffix or 'no extension'!r}"
         )
+    # Our inspection first: Keras deserialises nothing from a file that has not passed it.
+    inspect_model_file(path, max_bytes=max_bytes or DEFAULT_MAX_BYTES, trust=trust)
     import keras
 
     try:
-        model = keras.saving.load_model(path, compile=False, safe_mode=True)
+        model = keras.saving.load_model(path, compile=False, safe_mode=not trust)
     except Exception as exc:  # Keras raises many types (ValueError, OSError, TypeError...)
         detail = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else type(exc).__name__
         raise ModelLoadError(

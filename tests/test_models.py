@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import zipfile
 
 import keras
 import numpy as np
@@ -152,29 +153,97 @@ def test_bad_model_files_give_clear_errors(tmp_path):
         explainers.load_model(text)
     corrupt = tmp_path / "corrupt.keras"
     corrupt.write_bytes(b"PK\x03\x04 this is not really a zip")
-    with pytest.raises(explainers.ModelLoadError, match="could not be loaded"):
+    with pytest.raises(explainers.ModelLoadError, match="damaged or truncated"):
         explainers.load_model(corrupt)
+    # A file that passes the safety inspection but that Keras cannot build (a Conv2D with -3
+    # filters): Keras' own reason, wrapped in a ModelLoadError.
+    model = models_zoo.functional_softmax()
+    model.save(tmp_path / "good.keras")
+    with zipfile.ZipFile(tmp_path / "good.keras") as zf:
+        entries = {name: zf.read(name) for name in zf.namelist()}
+    config = json.loads(entries["config.json"])
+    config["config"]["layers"][1]["config"]["filters"] = -3
+    entries["config.json"] = json.dumps(config).encode()
+    with zipfile.ZipFile(tmp_path / "bad_args.keras", "w") as zf:
+        for name, data in entries.items():
+            zf.writestr(name, data)
+    with pytest.raises(explainers.ModelLoadError, match="could not be loaded as a Keras model"):
+        explainers.load_model(tmp_path / "bad_args.keras")
 
 
-def test_models_the_methods_cannot_use():
+def test_models_the_methods_cannot_use(tmp_path):
+    """Each kind of model the methods cannot explain is refused with a message that says why —
+    in memory and, for one of them, through a saved file (the file passes the safety inspection:
+    it is honest, just not an image classifier)."""
     a, b = keras.Input((8, 8, 3)), keras.Input((8, 8, 3))
     two_inputs = keras.Model(
         [a, b], keras.layers.Dense(2)(keras.layers.Flatten()(keras.layers.Add()([a, b])))
     )
     with pytest.raises(explainers.UnsupportedModelError, match="2 inputs"):
         explainers.bundle_from_model(two_inputs)
-    tabular = keras.Sequential([keras.Input((10,)), keras.layers.Dense(3)])
-    with pytest.raises(explainers.UnsupportedModelError, match="does not look like an image"):
+    tabular = keras.Sequential([keras.Input((20,)), keras.layers.Dense(3)])
+    with pytest.raises(
+        explainers.UnsupportedModelError,
+        match=r"got \(None, 20\): this does not look like an image",
+    ):
         explainers.bundle_from_model(tabular)
+    tabular.save(tmp_path / "tabular.keras")
+    with pytest.raises(explainers.UnsupportedModelError, match="does not look like an image"):
+        explainers.load_model(tmp_path / "tabular.keras")
     inp = keras.Input((16, 16, 3))
     segmentation = keras.Model(inp, keras.layers.Conv2D(2, 1)(inp))
     with pytest.raises(explainers.UnsupportedModelError, match="class scores"):
         explainers.bundle_from_model(segmentation)
+    image_to_image = keras.Model(inp, keras.layers.Conv2D(3, 3, padding="same")(inp))
+    with pytest.raises(
+        explainers.UnsupportedModelError, match=r"output has shape \(16, 16, 3\); expected a vector"
+    ):
+        explainers.bundle_from_model(image_to_image)
+    scalar_per_image = keras.Model(
+        inp, keras.layers.Reshape(())(keras.layers.Dense(1)(keras.layers.Flatten()(inp)))
+    )
+    with pytest.raises(explainers.UnsupportedModelError, match=r"output has shape \(\)"):
+        explainers.bundle_from_model(scalar_per_image)
     channels_5 = keras.Sequential(
         [keras.Input((8, 8, 5)), keras.layers.Flatten(), keras.layers.Dense(2)]
     )
     with pytest.raises(explainers.UnsupportedModelError, match="1 \\(grayscale\\) or 3"):
         explainers.bundle_from_model(channels_5)
+
+
+def test_a_single_linear_unit_is_read_as_a_binary_logit():
+    """A (batch, 1) linear head is not refused: it is the binary classifier of Keras' transfer-
+    learning tutorial (trained with from_logits=True), and a scalar regression head has the same
+    structure, so the two cannot be told apart. It is explained as a binary logit z: class 1 is
+    scored by z, class 0 by -z, so their gradients are exact negatives."""
+    inp = keras.Input((12, 12, 3))
+    x = keras.layers.Conv2D(4, 3, activation="relu", name="conv")(inp)
+    x = keras.layers.GlobalAveragePooling2D(name="gap")(x)
+    model = keras.Model(inp, keras.layers.Dense(1, name="score")(x))
+    bundle = explainers.bundle_from_model(model)
+    assert bundle.n_classes == 2 and bundle.output_kind == "logits"
+    image = random_image(12, 12)
+    z = float(keras.ops.convert_to_numpy(model(bundle.model_input(image)))[0, 0])
+    np.testing.assert_allclose(
+        bundle.predict(image), [1 / (1 + np.exp(z)), 1 / (1 + np.exp(-z))], rtol=1e-5
+    )
+    one = explainers.explain(bundle, image, "vanilla_gradients", target=1)
+    zero = explainers.explain(bundle, image, "vanilla_gradients", target=0)
+    np.testing.assert_allclose(zero.model_attribution, -one.model_attribution, rtol=1e-6)
+
+
+def test_a_model_that_outputs_nan_cannot_be_explained(tmp_path):
+    """NaN weights are no safety problem (the file loads) but no explanation is made from them."""
+    model = models_zoo.functional_softmax()
+    model.get_layer("predictions").set_weights(
+        [np.full_like(w, np.nan) for w in model.get_layer("predictions").get_weights()]
+    )
+    model.save(tmp_path / "nan.keras")
+    bundle = explainers.load_model(tmp_path / "nan.keras")
+    assert np.isnan(bundle.predict(random_image(32, 32))).all()
+    for method in ("grad_cam", "vanilla_gradients", "occlusion"):
+        with pytest.raises(explainers.ExplainerError, match="not a number"):
+            explainers.explain(bundle, random_image(32, 32), method)
 
 
 def test_multi_output_model_explains_the_chosen_output():
