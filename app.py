@@ -31,6 +31,8 @@ def run() -> None:
             "app_pages/explain.py", title="Explain", icon=":material/image_search:", default=True
         ),
         st.Page("app_pages/compare.py", title="Compare", icon=":material/grid_view:"),
+        st.Page("app_pages/robustness.py", title="Robustness", icon=":material/security:"),
+        st.Page("app_pages/evaluate.py", title="Evaluate", icon=":material/fact_check:"),
         st.Page("app_pages/model.py", title="Model", icon=":material/account_tree:"),
         st.Page("app_pages/guide.py", title="Guide", icon=":material/menu_book:"),
     ]

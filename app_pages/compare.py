@@ -63,9 +63,9 @@ def page() -> None:
             entries.append(ReportEntry(method, problem=request))
             continue
         outcome = components.compute(request, image, slot, method.label)
-        if isinstance(outcome, str):
-            slot.error(outcome)
-            entries.append(ReportEntry(method, problem=outcome))
+        if isinstance(outcome, components.Failure):
+            components.show_failure(outcome, f"{PAGE}_{method.name}", slot)
+            entries.append(ReportEntry(method, problem=outcome.message))
             continue
         with slot.container():
             pictures = components.heatmap_card(PAGE, method, outcome, image, settings)

@@ -39,8 +39,8 @@ def page() -> None:
         st.warning(request)
         return
     outcome = components.compute(request, image, st.empty(), method.label)
-    if isinstance(outcome, str):
-        st.error(outcome)
+    if isinstance(outcome, components.Failure):
+        components.show_failure(outcome, PAGE)
         return
 
     pictures = components.pictures(outcome, image, settings)

@@ -59,7 +59,8 @@ def page() -> None:
     try:
         activations = service.feature_maps(model, image, layer)
     except ServiceError as err:
-        st.error(str(err))
+        failure = components.Failure(str(err), err.retry_key if err.retryable else None)
+        components.show_failure(failure, "model_features")
         return
     channels = visuals.channel_order(activations, order)[:count]
     height, width, total = activations.shape

@@ -8,7 +8,7 @@ explainer library's compute functions directly.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -17,7 +17,7 @@ import pandas as pd
 import streamlit as st
 from streamlit.delta_generator import DeltaGenerator
 
-from dashboard import report, service, state, visuals
+from dashboard import charts, report, service, state, visuals
 from dashboard.service import (
     ExplanationRequest,
     ExplanationResult,
@@ -665,11 +665,20 @@ def build_request(
         return str(err)
 
 
+@dataclass(frozen=True)
+class Failure:
+    """Why a computation gave no result. ``retry_key`` is set when trying again may help (the
+    worker crashed or ran past a limit): :func:`show_failure` then offers a Retry button."""
+
+    message: str
+    retry_key: Hashable | None = None
+
+
 def compute(
     request: ExplanationRequest, image: LoadedImage, slot: DeltaGenerator, label: str
-) -> ExplanationResult | str:
-    """Fetch or compute an explanation, showing a progress bar fed by the library in ``slot``
-    while it runs. Returns the result or an error message."""
+) -> ExplanationResult | Failure:
+    """Fetch or compute an explanation, showing a progress bar fed by the worker in ``slot``
+    while it runs. Returns the result or a :class:`Failure`."""
     cached = service.cached_explanation(request)
     if cached is not None:
         return cached
@@ -677,9 +686,22 @@ def compute(
     try:
         return service.explain(request, image, progress)
     except ServiceError as err:
-        return str(err)
+        return Failure(str(err), err.retry_key if err.retryable else None)
     finally:
         clear()
+
+
+def show_failure(failure: Failure, key: str, container: DeltaGenerator | None = None) -> None:
+    """The failure's message and, for a crash or a limit, a Retry button (``key`` must be unique
+    on the page). Nothing the user chose is reset: Retry reruns the same request."""
+    where = container if container is not None else st.container()
+    with where.container():
+        st.error(failure.message)
+        if failure.retry_key is not None and st.button(
+            "Retry", key=f"{key}_retry", icon=":material/refresh:"
+        ):
+            service.forget_failure(failure.retry_key)
+            st.rerun()
 
 
 # ------------------------------------------------------------------------------------------------
@@ -1110,3 +1132,814 @@ def method_guide(method: MethodSummary, with_model: bool) -> None:
     if with_model and not method.applicable:
         st.warning(f"Not available for the loaded model: {method.reason}")
     st.markdown(f"**Paper:** [{method.reference}]({method.reference_url})")
+
+
+# ------------------------------------------------------------------------------------------------
+# Robustness: adversarial examples
+# ------------------------------------------------------------------------------------------------
+ATTACK_LABELS = {"fgsm": "FGSM", "pgd": "PGD"}
+ATTACK_HELP = (
+    "FGSM (Goodfellow et al. 2015): one step of size ε along the sign of the loss gradient. "
+    "PGD (Madry et al. 2018): a random start in the ε-ball, then many small signed steps, each "
+    "projected back into the ball; stronger, a little slower."
+)
+UNTARGETED = -1
+#: Largest ε the slider offers, in pixel levels (32/255 is already a visible change).
+MAX_EPSILON = 32
+#: Which class each image's explanation answers for, on the Robustness page.
+EXPLAIN_TARGETS = {
+    "own": "Each image's top class",
+    "original": "The original class on both",
+    "adversarial": "The new class on both",
+}
+
+
+@dataclass(frozen=True)
+class AttackSettings:
+    """What the Robustness page's controls ask for. ``epsilon`` and ``step_size`` are in pixel
+    levels (0–255); ``step_size`` None is the automatic ``min(ε, 2.5ε/steps)``; ``target`` None
+    is untargeted. FGSM ignores steps, step size and seed, so they are normalised for it (one
+    cache entry per FGSM attack, whatever the PGD controls say)."""
+
+    method: str
+    epsilon: int
+    steps: int
+    step_size: float | None
+    target: int | None
+    seed: int
+
+    @property
+    def options(self) -> dict[str, Any]:
+        """The keyword arguments of :func:`service.attack` (after ``method``)."""
+        return {
+            "epsilon": float(self.epsilon),
+            "steps": int(self.steps),
+            "step_size": None if self.step_size is None else float(self.step_size),
+            "target": self.target,
+            "seed": int(self.seed),
+        }
+
+
+def attack_controls(page: Page, model: ModelSummary) -> AttackSettings:
+    """One bordered row of attack controls; the PGD-only ones are disabled for FGSM."""
+    k = lambda name: state.key(page, name)  # noqa: E731
+    state.default(k("attack"), "fgsm")
+    state.default(k("epsilon"), 4)
+    state.default_option(k("goal"), [UNTARGETED, *range(model.n_classes)], UNTARGETED)
+    state.default(k("steps"), 10)
+    state.default(k("step_size"), 0.0)
+    state.default(k("seed"), 0)
+    with st.container(border=True, key=k("controls")):
+        c_method, c_eps, c_goal = st.columns([0.8, 2, 1.6])
+        method = c_method.segmented_control(
+            "Attack",
+            list(ATTACK_LABELS),
+            key=k("attack"),
+            format_func=ATTACK_LABELS.get,
+            required=True,
+            persist_state="session",
+            help=ATTACK_HELP,
+        )
+        epsilon = c_eps.slider(
+            "ε: largest change of a pixel (levels of 255)",
+            1,
+            MAX_EPSILON,
+            step=1,
+            key=k("epsilon"),
+            persist_state="session",
+            help="The L∞ budget: no colour channel of any pixel moves by more than ε levels out "
+            "of 255 (ε = 8 is the literature's 8/255). A few levels are hard to see at all.",
+        )
+        goal = c_goal.selectbox(
+            "Goal",
+            [UNTARGETED, *range(model.n_classes)],
+            key=k("goal"),
+            format_func=lambda i: (
+                "Any other class (untargeted)"
+                if i == UNTARGETED
+                else f"Make it say “{model.class_names[i]}”"
+            ),
+            persist_state="session",
+            help="Untargeted: push the current class down. Targeted: pull one class up.",
+        )
+        pgd = method == "pgd"
+        why_off = "FGSM takes a single step; this applies to PGD only."
+        c_steps, c_size, c_seed = st.columns([2, 1, 1])
+        steps = c_steps.slider(
+            "PGD steps",
+            1,
+            100,
+            step=1,
+            key=k("steps"),
+            disabled=not pgd,
+            persist_state="session",
+            help="Gradient steps of PGD." if pgd else why_off,
+        )
+        step_size = c_size.number_input(
+            "PGD step size (0 = auto)",
+            min_value=0.0,
+            max_value=float(MAX_EPSILON),
+            step=0.25,
+            key=k("step_size"),
+            disabled=not pgd,
+            persist_state="session",
+            help="PGD step in pixel levels. 0 picks min(ε, 2.5·ε/steps), the Madry lab's rule "
+            "of thumb."
+            if pgd
+            else why_off,
+        )
+        seed = c_seed.number_input(
+            "PGD seed",
+            min_value=0,
+            max_value=2**31 - 1,
+            step=1,
+            key=k("seed"),
+            disabled=not pgd,
+            persist_state="session",
+            help="Seed of PGD's random start in the ε-ball." if pgd else why_off,
+        )
+    if not pgd:
+        return AttackSettings("fgsm", int(epsilon), 1, None, _goal(goal), 0)
+    return AttackSettings(
+        "pgd", int(epsilon), int(steps), float(step_size) or None, _goal(goal), int(seed)
+    )
+
+
+def _goal(choice: int) -> int | None:
+    return None if choice == UNTARGETED else int(choice)
+
+
+def run_attack(
+    model: ModelSummary, image: LoadedImage, settings: AttackSettings, slot: DeltaGenerator
+) -> tuple[service.AttackOutcome, LoadedImage] | Failure:
+    """The attack's outcome and the adversarial image (cached), with a progress bar in ``slot``
+    while it runs, or a :class:`Failure`."""
+    label = f"{ATTACK_LABELS[settings.method]} attack"
+    progress, clear = service.streamlit_progress(slot, label)
+    try:
+        return service.attack(model, image, settings.method, **settings.options, progress=progress)
+    except ServiceError as err:
+        return Failure(str(err), err.retry_key if err.retryable else None)
+    finally:
+        clear()
+
+
+def attack_summary(outcome: service.AttackOutcome, class_names: Sequence[str]) -> tuple[bool, str]:
+    """(whether the attack did what was asked, the one-line verdict in Markdown)."""
+    before, after = outcome.before[0], outcome.after[0]
+    change = (
+        f"**{before.name}** ({before.probability:.1%}) → **{after.name}** ({after.probability:.1%})"
+    )
+    if outcome.target is not None:
+        if outcome.reached_target:
+            return True, f"Target reached: {change}"
+        goal = class_names[outcome.target]
+        return False, f"Target “{goal}” not reached: {change} — try a larger ε or more PGD steps."
+    if outcome.flipped:
+        return True, f"Decision flipped: {change}"
+    return False, f"Not flipped: {change} — try a larger ε (or PGD, which is stronger)."
+
+
+def attack_verdict(outcome: service.AttackOutcome, model: ModelSummary) -> None:
+    """One line the class can read from the back: did the decision change, and to what."""
+    success, line = attack_summary(outcome, model.class_names)
+    if success:
+        st.success(line, icon=":material/swap_horiz:")
+    else:
+        st.warning(line, icon=":material/block:")
+    if outcome.success_at_model_resolution and not outcome.success:
+        st.caption(
+            "At the model's input resolution the attack did succeed; resizing and rounding the "
+            "change to whole pixel levels undid it."
+        )
+
+
+def amplified_perturbation(perturbation: np.ndarray) -> tuple[np.ndarray, int]:
+    """The perturbation (float (H, W, 3), pixel levels) as a visible uint8 picture: mid-grey is
+    "unchanged", and each level is multiplied by the returned factor so that the largest change
+    reaches almost full contrast."""
+    largest = float(np.max(np.abs(perturbation))) if perturbation.size else 0.0
+    factor = max(1, math.floor(127 / largest)) if largest > 0 else 1
+    picture = np.clip(np.rint(128.0 + factor * perturbation), 0, 255).astype(np.uint8)
+    return picture, factor
+
+
+def attack_pictures(
+    image: LoadedImage, adversarial: LoadedImage, outcome: service.AttackOutcome
+) -> None:
+    """Original, adversarial and the amplified perturbation side by side (with the sidebar's
+    ground-truth outlines on the two images)."""
+    outline_mask, outline_marker = outline_flags()
+    settings = DisplaySettings(outline_mask=outline_mask, outline_marker=outline_marker)
+    picture, factor = amplified_perturbation(outcome.perturbation)
+    before, after = outcome.before[0], outcome.after[0]
+    left, middle, right = st.columns(3)
+    with left:
+        st.markdown("**Original**")
+        input_image(image, settings, caption=f"{before.name} · {before.probability:.1%}")
+    with middle:
+        st.markdown("**Adversarial**")
+        input_image(adversarial, settings, caption=f"{after.name} · {after.probability:.1%}")
+    with right:
+        st.markdown(f"**The change, amplified ×{factor}**")
+        caption = (
+            "grey = unchanged; brighter / darker = pixel raised / lowered"
+            if outcome.linf > 0
+            else "no pixel changed"
+        )
+        show_image(picture, caption)
+
+
+def attack_numbers(outcome: service.AttackOutcome) -> None:
+    """L∞ and L2 of the change, its share of changed pixels, and what the attack ran."""
+    cols = st.columns(4)
+    cols[0].metric(
+        "L∞ (levels)", f"{outcome.linf:g}", help="The largest change of any colour channel."
+    )
+    height, width = outcome.perturbation.shape[:2]
+    cols[1].metric(
+        "L2 (levels)",
+        f"{outcome.l2:.1f}",
+        help=f"The Euclidean length of the change over all {height}×{width}×3 values.",
+    )
+    changed = float(np.mean(np.any(outcome.perturbation != 0, axis=-1)))
+    cols[2].metric("Pixels changed", f"{changed:.0%}")
+    steps = "1 step" if outcome.steps == 1 else f"{outcome.steps} steps of {outcome.step_size:g}"
+    cols[3].metric(
+        "Attack",
+        f"{outcome.method.upper()} ε={outcome.epsilon:g}",
+        help=f"{steps}; seed {outcome.seed}" if outcome.method == "pgd" else steps,
+    )
+
+
+def attack_predictions_table(outcome: service.AttackOutcome) -> None:
+    """Top classes before and after the attack, side by side."""
+    before = {p.index: p for p in outcome.before}
+    after = {p.index: p for p in outcome.after}
+    order = list(dict.fromkeys([*before, *after]))
+    rows = [
+        {
+            "Class": (before.get(i) or after[i]).name,
+            "Before": before[i].probability if i in before else None,
+            "After": after[i].probability if i in after else None,
+        }
+        for i in order
+    ]
+    st.dataframe(
+        rows,
+        hide_index=True,
+        width="stretch",
+        column_config={
+            "Before": st.column_config.NumberColumn("Before", format="percent"),
+            "After": st.column_config.NumberColumn("After", format="percent"),
+        },
+    )
+    if len(outcome.losses) > 1:
+        steps = (
+            f"{outcome.steps} steps of {outcome.step_size:g} level(s)"
+            if outcome.method == "pgd"
+            else f"one step of {outcome.step_size:g} levels"
+        )
+        st.caption(
+            f"{outcome.method.upper()}: {steps}. Loss of the attacked class "
+            f"{outcome.losses[0]:.3f} → {outcome.losses[-1]:.3f} "
+            f"({'pushed up' if outcome.target is None else 'pulled down'})."
+        )
+
+
+def adversarial_download(page: Page, image: LoadedImage, outcome: service.AttackOutcome) -> None:
+    stem = report.file_stem(image.name, outcome.method, f"eps{outcome.epsilon:g}")
+    st.download_button(
+        "Adversarial PNG",
+        _payload(lambda: report.png_bytes(outcome.adversarial), image),
+        file_name=f"{stem}.png",
+        mime="image/png",
+        key=state.key(page, "download_adversarial"),
+        on_click="ignore",
+        icon=":material/download:",
+        help="The adversarial image at the original's resolution (lossless: a JPEG would "
+        "destroy the perturbation).",
+    )
+
+
+def explanation_target_picker(page: Page) -> str:
+    key = state.key(page, "explain_target")
+    state.default_option(key, list(EXPLAIN_TARGETS), "own")
+    return st.radio(
+        "Class explained",
+        list(EXPLAIN_TARGETS),
+        key=key,
+        format_func=EXPLAIN_TARGETS.get,
+        horizontal=True,
+        persist_state="session",
+        help="Each image's top class shows why the model says what it says; the same class on "
+        "both shows how the evidence for it moved.",
+    )
+
+
+def explained_targets(outcome: service.AttackOutcome, choice: str) -> tuple[int, int]:
+    """(class explained on the original, class explained on the adversarial image)."""
+    original, adversarial = outcome.before[0].index, outcome.after[0].index
+    if choice == "original":
+        return original, original
+    if choice == "adversarial":
+        return adversarial, adversarial
+    return original, adversarial
+
+
+def explanation_pair(
+    page: Page,
+    model: ModelSummary,
+    method: MethodSummary,
+    images: tuple[LoadedImage, LoadedImage],
+    targets: tuple[int, int],
+    settings: DisplaySettings,
+) -> None:
+    """``method``'s map of the original and of the adversarial image, side by side, in a card."""
+    with st.container(border=True, key=state.key(page, f"pair_{method.name}")):
+        st.markdown(f"##### {method.label}")
+        if not method.applicable:
+            unavailable_card(f"Not available for this model: {method.reason}")
+            return
+        cells = st.columns(2)
+        for cell, picture, target, title in zip(
+            cells, images, targets, ("Original", "Adversarial"), strict=True
+        ):
+            with cell:
+                layer = model.default_layer if method.uses_layer else None
+                request = build_request(
+                    model, picture, method, {}, target=target, layer=layer, engine="native"
+                )
+                if isinstance(request, str):
+                    st.warning(request)
+                    continue
+                outcome = compute(request, picture, st.empty(), method.label)
+                if isinstance(outcome, Failure):
+                    show_failure(outcome, f"{page}_{method.name}_{title.lower()}")
+                    continue
+                show_image(
+                    pictures(outcome, picture, settings).overlay,
+                    f"{title} · {outcome.target_label} (p = {outcome.score:.3f})",
+                )
+
+
+# ------------------------------------------------------------------------------------------------
+# Evaluate: deletion / insertion, localisation, sanity check
+# ------------------------------------------------------------------------------------------------
+#: The default selection of the Evaluate page: cheap methods of three families.
+DEFAULT_EVALUATION = ("grad_cam", "vanilla_gradients", "occlusion", "rise")
+#: The default methods of the sanity check: the paper's contrast (Adebayo et al. 2018 found
+#: guided backprop insensitive to the weights, gradients and Grad-CAM sensitive).
+DEFAULT_SANITY = ("grad_cam", "vanilla_gradients", "guided_backprop")
+CURVE_STEPS = (0.01, 0.02, 0.05, 0.1)
+SUBSTRATE_LABELS = {"blur": "Blurred image", "constant": "Black (constant)"}
+SUBSTRATE_HELP = (
+    "What a removed pixel becomes. Blurred (default) removes the shape but keeps colours. "
+    "Black leaves the object's silhouette as a hole the model can still recognise, which rewards "
+    "maps that miss the object (measured on the demo model) — use it with care."
+)
+GROUND_TRUTH_LABELS = {
+    "sample": "The sample's object mask",
+    "upload": "Upload a mask",
+    "box": "Draw a box",
+    "none": "None",
+}
+SANITY_MODES = {"cascading": "Cascading (paper's main test)", "independent": "One block at a time"}
+
+
+def methods_multiselect(
+    page: Page, model: ModelSummary, label: str, defaults: Sequence[str], name: str = "methods"
+) -> list[MethodSummary]:
+    """A multiselect of the model's methods with page-specific defaults (applicable ones only)."""
+    names = [m.name for m in model.methods]
+    key = state.key(page, name)
+    applicable = {m.name for m in model.methods if m.applicable}
+    state.default_option(key, names, [n for n in defaults if n in applicable])
+    chosen = st.multiselect(
+        label,
+        names,
+        key=key,
+        format_func=_method_label(model),
+        persist_state="session",
+        placeholder="Pick one or more methods",
+    )
+    return [model.method(n) for n in chosen]
+
+
+def skipped_methods(methods: Sequence[MethodSummary]) -> list[MethodSummary]:
+    """Show which chosen methods cannot run on this model and why; return the others."""
+    skipped = [m for m in methods if not m.applicable]
+    if skipped:
+        reasons = "  \n".join(f"**{m.label}**: {m.reason}" for m in skipped)
+        st.info(f"Skipped, not available for this model:  \n{reasons}", icon=":material/block:")
+    return [m for m in methods if m.applicable]
+
+
+@dataclass(frozen=True)
+class CurveProtocol:
+    """The deletion / insertion protocol: ``step`` is the share of pixels per curve point."""
+
+    step: float
+    deletion_substrate: str
+    insertion_substrate: str
+
+
+def curve_controls(page: Page) -> CurveProtocol:
+    k = lambda name: state.key(page, name)  # noqa: E731
+    state.default(k("step"), 0.02)
+    state.default(k("deletion_substrate"), "blur")
+    state.default(k("insertion_substrate"), "blur")
+    c_step, c_del, c_ins = st.columns(3)
+    step = c_step.select_slider(
+        "Pixels per step",
+        CURVE_STEPS,
+        key=k("step"),
+        format_func=lambda s: f"{s:.0%}",
+        persist_state="session",
+        help="Share of the pixels removed (or restored) between two points of a curve. "
+        "Smaller is finer and slower: one forward pass per point and map.",
+    )
+    deletion = c_del.selectbox(
+        "Deletion: removed pixels become",
+        list(SUBSTRATE_LABELS),
+        key=k("deletion_substrate"),
+        format_func=SUBSTRATE_LABELS.get,
+        persist_state="session",
+        help=SUBSTRATE_HELP,
+    )
+    insertion = c_ins.selectbox(
+        "Insertion: start from",
+        list(SUBSTRATE_LABELS),
+        key=k("insertion_substrate"),
+        format_func=SUBSTRATE_LABELS.get,
+        persist_state="session",
+        help="The picture the image's pixels are restored onto, most important first.",
+    )
+    return CurveProtocol(float(step), str(deletion), str(insertion))
+
+
+def mask_from_upload(name: str, data: bytes, size: tuple[int, int]) -> tuple[np.ndarray, str]:
+    """A ground-truth mask from an uploaded picture: white (grey level > 127) is the object.
+
+    ``size`` is the image's (width, height); a mask of another size is resized to it (nearest
+    neighbour). Returns the bool (H, W) mask and a note on what was done. Raises ServiceError
+    for a file that is not an image, or a mask that is empty or covers the whole image.
+    """
+    from PIL import Image
+
+    picture = service.load_image_bytes(name, data).pixels
+    grey = picture.astype(np.float32).mean(axis=2)
+    note = f"{name}: {picture.shape[1]}×{picture.shape[0]}"
+    width, height = size
+    if grey.shape != (height, width):
+        resized = Image.fromarray(grey.astype(np.uint8)).resize((width, height), Image.NEAREST)
+        grey = np.asarray(resized, np.float32)
+        note += f", resized to {width}×{height}"
+    mask = grey > 127
+    if not mask.any():
+        raise ServiceError(
+            f"The mask {name!r} has no white pixel: paint the object white (grey level above 127) "
+            "on a black background."
+        )
+    if mask.all():
+        raise ServiceError(
+            f"The mask {name!r} is white everywhere: it must mark the object only (white) on a "
+            "black background."
+        )
+    return mask, note + f" · object = {mask.mean():.0%} of the image"
+
+
+def box_mask(size: tuple[int, int], xs: tuple[int, int], ys: tuple[int, int]) -> np.ndarray:
+    """A bool (H, W) mask that is True inside the box ``xs`` × ``ys`` (pixel edges, end
+    exclusive) of an image of ``size`` = (width, height)."""
+    width, height = size
+    mask = np.zeros((height, width), bool)
+    mask[ys[0] : ys[1], xs[0] : xs[1]] = True
+    return mask
+
+
+def ground_truth(page: Page, image: LoadedImage) -> np.ndarray | None:
+    """The object mask to score the maps against, bool (H, W) at the image's size, or None.
+
+    The sample's own mask when it has one; else an uploaded mask picture or a box from two
+    range sliders. Problems (a bad upload) are shown and give None, so the rest of the page keeps
+    working."""
+    options = ["sample"] if image.mask is not None else []
+    options += ["upload", "box", "none"]
+    key = state.key(page, "ground_truth")
+    state.default_option(key, options, options[0] if image.mask is not None else "none")
+    choice = st.radio(
+        "Object mask",
+        options,
+        key=key,
+        format_func=GROUND_TRUTH_LABELS.get,
+        horizontal=True,
+        persist_state="session",
+        help="Where the object really is: needed for the pointing game and the energy in the "
+        "mask (the curves do not use it).",
+    )
+    width, height = image.size
+    mask: np.ndarray | None = None
+    note = ""
+    if choice == "sample":
+        mask, note = image.mask, "the object mask that comes with the sample"
+    elif choice == "upload":
+        upload = st.file_uploader(
+            "Mask picture (white = object, black = background)",
+            type=list(service.IMAGE_SUFFIXES),
+            key=state.key(page, "mask_upload"),
+            help=f"Same size as the image ({width}×{height}), or it is resized to it.",
+        )
+        if upload is None:
+            st.caption("No mask uploaded yet: the table scores the curves only.")
+        else:
+            try:
+                mask, note = mask_from_upload(upload.name, upload.getvalue(), image.size)
+            except ServiceError as err:
+                st.error(f"{err} The table below scores the curves only.")
+    elif choice == "box":
+        kx, ky = state.key(page, "box_x"), state.key(page, "box_y")
+        # Reset a box left from a larger image (state.default_option cannot bound a range).
+        for k, side in ((kx, width), (ky, height)):
+            current = st.session_state.get(k)
+            if current is None or not 0 <= current[0] < current[1] <= side:
+                st.session_state[k] = (side // 4, side - side // 4)
+        c_x, c_y = st.columns(2)
+        xs = c_x.slider(
+            "Box x: from … to (pixels)", 0, width, step=1, key=kx, persist_state="session"
+        )
+        ys = c_y.slider(
+            "Box y: from … to (pixels)", 0, height, step=1, key=ky, persist_state="session"
+        )
+        if xs[0] == xs[1] or ys[0] == ys[1]:
+            st.warning("The box is empty: widen it.")
+        else:
+            mask = box_mask(image.size, xs, ys)
+            note = f"box x {xs[0]}–{xs[1]}, y {ys[0]}–{ys[1]}"
+    if mask is not None:
+        st.image(
+            mask_preview(image.pixels, mask),
+            caption=f"Ground truth (white outline): {note}",
+            width=MASK_PREVIEW_SIDE,
+        )
+    return mask
+
+
+MASK_PREVIEW_SIDE = 192
+
+
+def mask_preview(pixels: np.ndarray, mask: np.ndarray, side: int = MASK_PREVIEW_SIDE) -> np.ndarray:
+    """The image at about ``side`` pixels with the mask's outline in white, uint8 (h, w, 3)."""
+    from PIL import Image
+
+    if max(pixels.shape[:2]) < side:
+        return visuals.draw_outlines(visuals.enlarge(pixels, side), visuals.enlarge(mask, side))
+    small = visuals.fit(pixels, side)
+    size = (small.shape[1], small.shape[0])
+    shrunk = Image.fromarray(np.asarray(mask, np.uint8) * 255).resize(size, Image.NEAREST)
+    return visuals.draw_outlines(small, np.asarray(shrunk) > 0)
+
+
+def explanation_maps(
+    page: Page,
+    model: ModelSummary,
+    image: LoadedImage,
+    methods: Sequence[MethodSummary],
+    target: int,
+    slot: DeltaGenerator,
+) -> dict[str, np.ndarray]:
+    """Each method's raw map (default parameters, cached), float32 (H, W) at the image's size,
+    by method name; methods that fail are reported in ``slot``'s place and left out."""
+    maps: dict[str, np.ndarray] = {}
+    for method in methods:
+        layer = model.default_layer if method.uses_layer else None
+        request = build_request(
+            model, image, method, {}, target=target, layer=layer, engine="native"
+        )
+        if isinstance(request, str):
+            st.warning(request)
+            continue
+        outcome = compute(request, image, slot, method.label)
+        if isinstance(outcome, Failure):
+            show_failure(outcome, f"{page}_{method.name}")
+            continue
+        maps[method.name] = outcome.attribution
+    return maps
+
+
+def run_evaluation(
+    model: ModelSummary,
+    image: LoadedImage,
+    maps: dict[str, np.ndarray],
+    target: int,
+    mask: np.ndarray | None,
+    protocol: CurveProtocol,
+    slot: DeltaGenerator,
+) -> service.EvaluationOutcome | Failure:
+    """Deletion / insertion curves (and localisation scores with ``mask``) of ``maps`` plus the
+    random row, with a progress bar in ``slot`` while they run; or a :class:`Failure`."""
+    progress, clear = service.streamlit_progress(slot, "Deletion and insertion curves")
+    try:
+        return service.evaluate(
+            model,
+            image,
+            maps,
+            target=target,
+            mask=mask,
+            step=protocol.step,
+            deletion_substrate=protocol.deletion_substrate,
+            insertion_substrate=protocol.insertion_substrate,
+            progress=progress,
+        )
+    except ServiceError as err:
+        return Failure(str(err), err.retry_key if err.retryable else None)
+    finally:
+        clear()
+
+
+def method_labels(model: ModelSummary) -> dict[str, str]:
+    return {m.name: m.label for m in model.methods}
+
+
+def curve_figures(
+    page: Page, outcome: service.EvaluationOutcome, labels: dict[str, str], class_name: str
+) -> None:
+    """The deletion and the insertion figure side by side."""
+    for column, kind in zip(st.columns(2), ("deletion", "insertion"), strict=True):
+        with column:
+            st.plotly_chart(
+                charts.curves_figure(outcome.rows, kind, labels, class_name=class_name),
+                theme=None,
+                key=state.key(page, f"{kind}_figure"),
+                config={"displaylogo": False},
+            )
+
+
+def _beats_random(deletion: float, insertion: float, random: Any) -> str:
+    lower = deletion < random.deletion.auc
+    higher = insertion > random.insertion.auc
+    if lower and higher:
+        return "yes, on both"
+    if lower:
+        return "deletion only"
+    if higher:
+        return "insertion only"
+    return "no"
+
+
+def ranking_table(outcome: service.EvaluationOutcome, labels: dict[str, str]) -> None:
+    """One row per map, best first (insertion AUC − deletion AUC), the random row included."""
+    random = next(r for r in outcome.rows if r.name == charts.RANDOM_ROW)
+    with_mask = any(r.pointing is not None for r in outcome.rows)
+    rows = []
+    for row in outcome.rows:
+        deletion, insertion = row.deletion.auc, row.insertion.auc
+        entry: dict[str, Any] = {
+            "Method": charts.RANDOM_LABEL
+            if row.name == charts.RANDOM_ROW
+            else labels.get(row.name, row.name),
+            "Deletion AUC ↓": deletion,
+            "Insertion AUC ↑": insertion,
+        }
+        if with_mask:
+            entry["Pointing game"] = "hit" if row.pointing else "miss"
+            entry["Energy in mask"] = row.energy
+        entry["Beats random"] = (
+            "—" if row.name == charts.RANDOM_ROW else _beats_random(deletion, insertion, random)
+        )
+        entry["_score"] = insertion - deletion
+        rows.append(entry)
+    frame = pd.DataFrame(rows).sort_values("_score", ascending=False).drop(columns="_score")
+    config: dict[str, Any] = {
+        "Deletion AUC ↓": st.column_config.NumberColumn(format="%.3f"),
+        "Insertion AUC ↑": st.column_config.NumberColumn(format="%.3f"),
+    }
+    if with_mask:
+        config["Energy in mask"] = st.column_config.ProgressColumn(
+            "Energy in mask", min_value=0.0, max_value=1.0, format="percent"
+        )
+    st.dataframe(frame, hide_index=True, width="stretch", column_config=config)
+    st.caption(
+        f"Sorted by insertion AUC − deletion AUC. {len(outcome.rows[0].deletion.fractions)} "
+        f"points per curve, deletion onto {SUBSTRATE_LABELS[outcome.deletion_substrate].lower()}, "
+        f"insertion from {SUBSTRATE_LABELS[outcome.insertion_substrate].lower()}; computed in "
+        f"{outcome.seconds:.1f} s."
+    )
+
+
+def sanity_controls(page: Page, model: ModelSummary) -> tuple[list[MethodSummary], str]:
+    left, right = st.columns([3, 1.2])
+    with left:
+        methods = methods_multiselect(
+            page, model, "Methods to test", DEFAULT_SANITY, name="sanity_methods"
+        )
+    key = state.key(page, "sanity_mode")
+    state.default_option(key, list(SANITY_MODES), "cascading")
+    mode = right.selectbox(
+        "Randomisation",
+        list(SANITY_MODES),
+        key=key,
+        format_func=SANITY_MODES.get,
+        persist_state="session",
+        help="Cascading: re-initialise the weights from the output layer down, one more block "
+        "per step. One block at a time: each block re-initialised on its own.",
+    )
+    return methods, str(mode)
+
+
+def sanity_requested(
+    page: Page,
+    model: ModelSummary,
+    image: LoadedImage,
+    methods: tuple[str, ...],
+    target: int,
+    mode: str,
+) -> bool:
+    """The Run button; True when the test was asked for with exactly these settings (pressed now
+    or earlier), so its cached result stays on screen while other controls change."""
+    wanted = (model.ref.key, image.sha256, methods, int(target), mode)
+    key = state.key(page, "sanity_request")
+
+    def ask() -> None:
+        # A callback runs before the rerun it triggers, so the button is drawn as done.
+        st.session_state[key] = wanted
+
+    asked = st.session_state.get(key) == wanted
+    st.button(
+        "Sanity check up to date" if asked else "Run the sanity check",
+        key=state.key(page, "sanity_run"),
+        on_click=ask,
+        icon=":material/check:" if asked else ":material/play_arrow:",
+        type="primary",
+        disabled=asked or not methods,
+    )
+    return asked
+
+
+def run_sanity(
+    model: ModelSummary,
+    image: LoadedImage,
+    methods: tuple[str, ...],
+    target: int,
+    mode: str,
+    slot: DeltaGenerator,
+) -> service.SanityOutcome | Failure:
+    progress, clear = service.streamlit_progress(slot, "Sanity check")
+    try:
+        return service.sanity_check(
+            model, image, methods, target=target, mode=mode, progress=progress
+        )
+    except ServiceError as err:
+        return Failure(str(err), err.retry_key if err.retryable else None)
+    finally:
+        clear()
+
+
+def sanity_verdicts(outcome: service.SanityOutcome, labels: dict[str, str]) -> None:
+    """One box per method: flagged ones as warnings, passing ones as successes."""
+    for method in outcome.methods:
+        verdict = outcome.verdicts[method]
+        # The library's sentence starts with the registry name; show the label instead.
+        sentence = verdict.split(": ", 1)[1] if verdict.startswith(f"{method}: ") else verdict
+        text = f"**{labels.get(method, method)}** {sentence}."
+        if outcome.flagged[method]:
+            st.warning(text, icon=":material/flag:")
+        else:
+            st.success(text, icon=":material/check_circle:")
+    st.caption(f"Rule: {outcome.rule}. Computed in {outcome.seconds:.1f} s.")
+
+
+def sanity_map_grid(page: Page, outcome: service.SanityOutcome, labels: dict[str, str]) -> None:
+    """The chosen method's absolute map after each randomisation step, in one row."""
+    key = state.key(page, "sanity_shown")
+    state.default_option(key, list(outcome.methods), outcome.methods[0])
+    method = st.columns([1, 2])[0].selectbox(
+        "Maps after each step (absolute values)",
+        list(outcome.methods),
+        key=key,
+        format_func=lambda m: labels.get(m, m),
+        persist_state="session",
+    )
+    maps = outcome.maps[method]
+    names = ["original model", *outcome.step_names]
+    rhos = [1.0, *outcome.correlations[method]]
+    settings = DisplaySettings(sign="absolute")
+    cells = st.columns(len(maps))
+    for i, (cell, attribution, name, rho) in enumerate(zip(cells, maps, names, rhos, strict=True)):
+        prefix = "+ " if outcome.mode == "cascading" and i > 1 else ""
+        shown = "ρ undefined" if math.isnan(rho) else f"ρ = {rho:.2f}"
+        cell.image(
+            visuals.enlarge(visuals.heatmap_rgb(attribution, settings), 160),
+            caption=f"{prefix}{name} · {shown}",
+            width="stretch",
+        )
+
+
+def sanity_figure(page: Page, outcome: service.SanityOutcome, labels: dict[str, str]) -> None:
+    """The sanity check's ρ per randomisation step and method, as a Plotly line chart."""
+    st.plotly_chart(
+        charts.sanity_figure(outcome, labels),
+        theme=None,
+        key=state.key(page, "sanity_figure"),
+        config={"displaylogo": False},
+    )

@@ -2,21 +2,30 @@
 
 Pages hand this module plain data (file bytes, paths, uint8 arrays, small frozen dataclasses) and
 get plain data back (:class:`ModelSummary`, :class:`LoadedImage`, :class:`ExplanationResult`,
-numpy arrays). No Keras object crosses this boundary, so a later change can move the computation
-into a worker process by re-implementing these functions, without touching a page.
+numpy arrays). No Keras object crosses this boundary.
+
+Where the computation runs
+--------------------------
+Models are loaded and run in worker processes (:mod:`dashboard.worker`), never in this one: a model
+file is an untrusted program, and a crash inside TensorFlow must cost one request, not the
+dashboard. This process decodes images (Pillow, with the library's checks) and renders maps; every
+model call is a request to the pool. A worker that crashes or runs past its time or memory limit
+raises a *retryable* :class:`ServiceError`; the failure is remembered for that request (so a
+rerun of the page does not crash the worker again) until the user presses Retry
+(:func:`forget_failure`).
 
 Caching
 -------
-* Model bundles: ``st.cache_resource``, keyed by the model file's SHA-256, the preprocessing
-  choice and the SHA-256 of the labels (the bundle is immutable and shared between sessions).
-* Explanations, predictions and feature maps: one explicit, thread-safe, bounded LRU
-  (:class:`ResultCache`), keyed by (model key, image SHA-256, method, resolved parameters, target,
-  layer, engine). Display settings are never part of a key: changing them re-renders the cached
-  raw map.
+* Loaded models: inside each worker, an LRU keyed by the model file's SHA-256, the preprocessing
+  choice and the SHA-256 of the labels.
+* Model summaries, explanations, predictions and feature maps: one explicit, thread-safe, bounded
+  LRU here (:class:`ResultCache`), keyed by (model key, image SHA-256, method, resolved parameters,
+  target, layer, engine). Display settings are never part of a key: changing them re-renders the
+  cached raw map without any model call.
 
-Every library error (:class:`explainers.ExplainerError`) is turned into a :class:`ServiceError`
-whose message is a plain sentence for the user; unexpected errors are logged with their traceback
-on the server and reported to the user in one line.
+Every library error (:class:`explainers.ExplainerError`) becomes a :class:`ServiceError` whose
+message is a plain sentence for the user; unexpected errors are logged with their traceback on the
+server (by the worker, for model calls) and reported to the user in one line.
 """
 
 from __future__ import annotations
@@ -30,7 +39,7 @@ import threading
 from collections import Counter, OrderedDict
 from collections.abc import Callable, Hashable, Iterator, Mapping
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
@@ -38,9 +47,38 @@ import numpy as np
 import streamlit as st
 
 import explainers
-from explainers import ExplainerError, ParamSpec
-from explainers.graph import LayerInfo
+from explainers import ExplainerError
 from explainers.models import KERAS_APPLICATIONS, PREPROCESSING_CHOICES, PREPROCESSING_HELP
+
+from . import worker
+from .protocol import (
+    LONG_METHODS,
+    AttackOutcome,
+    EvaluationOutcome,
+    ExplanationRequest,
+    ExplanationResult,
+    MethodSummary,
+    ModelRef,
+    ModelSummary,
+    Prediction,
+    SanityOutcome,
+    ServiceError,
+    summarise_method,
+)
+
+__all__ = [
+    "LONG_METHODS",
+    "AttackOutcome",
+    "EvaluationOutcome",
+    "ExplanationRequest",
+    "ExplanationResult",
+    "MethodSummary",
+    "ModelRef",
+    "ModelSummary",
+    "Prediction",
+    "SanityOutcome",
+    "ServiceError",
+]
 
 LOGGER = logging.getLogger(__name__)
 
@@ -49,6 +87,9 @@ ASSETS_DIR = Path(__file__).resolve().parents[1] / "assets"
 MODEL_SUFFIXES = ("keras", "h5", "hdf5")
 IMAGE_SUFFIXES = ("png", "jpg", "jpeg", "webp", "bmp", "gif", "tif", "tiff")
 LABEL_SUFFIXES = ("txt", "json")
+#: The largest model file accepted; Streamlit's own upload limit (``server.maxUploadSize`` in
+#: .streamlit/config.toml) is set to the same size.
+MAX_UPLOAD_BYTES = 200 * 2**20
 APPLICATION_NAMES: tuple[str, ...] = tuple(KERAS_APPLICATIONS)
 PREPROCESSING_OPTIONS: tuple[str, ...] = PREPROCESSING_CHOICES
 PREPROCESSING_DESCRIPTIONS: dict[str, str] = dict(PREPROCESSING_HELP)
@@ -62,107 +103,13 @@ DEMO_NOTES: dict[str, str] = {
     "demo_shortcut.keras": "Trained on images whose coloured corner marker gives the class away: "
     "it learned to look at the corner. Try the shortcut_* samples.",
 }
-#: Methods that report progress while they run.
-LONG_METHODS = frozenset({"occlusion", "score_cam", "smoothgrad", "integrated_gradients"})
 
 ProgressCallback = Callable[[float, str], None]
-
-
-class ServiceError(Exception):
-    """A failure the user should read: ``str(error)`` is a complete, plain sentence."""
 
 
 # ------------------------------------------------------------------------------------------------
 # Plain data crossing the boundary
 # ------------------------------------------------------------------------------------------------
-@dataclass(frozen=True)
-class ModelRef:
-    """Everything needed to (re)load one model; plain, picklable data.
-
-    ``location`` is a file path for ``kind="file"`` and a ``keras.applications`` name for
-    ``kind="application"``. ``labels`` holds the bytes of an optional labels file.
-    """
-
-    kind: Literal["file", "application"]
-    location: str
-    file_name: str
-    sha256: str
-    preprocessing: str = "auto"
-    labels: bytes | None = field(default=None, repr=False)
-    labels_name: str | None = None
-
-    @property
-    def labels_sha256(self) -> str | None:
-        return hashlib.sha256(self.labels).hexdigest() if self.labels is not None else None
-
-    @property
-    def key(self) -> tuple[str, str, str | None]:
-        """The cache key of the loaded bundle: (model SHA-256, preprocessing, labels SHA-256)."""
-        return (self.sha256, self.preprocessing, self.labels_sha256)
-
-
-@dataclass(frozen=True)
-class MethodSummary:
-    """A registry entry as the UI needs it, seen against one model (or none)."""
-
-    name: str
-    label: str
-    family: str
-    description: str
-    reference: str
-    reference_url: str
-    cost: str
-    formula: str
-    caveats: str
-    params: tuple[ParamSpec, ...]
-    uses_layer: bool
-    engines: tuple[str, ...]
-    applicable: bool
-    reason: str | None
-
-    @property
-    def is_long(self) -> bool:
-        return self.name in LONG_METHODS
-
-
-@dataclass(frozen=True)
-class ModelSummary:
-    """What the pages know about a loaded model."""
-
-    ref: ModelRef
-    name: str
-    source: str
-    sha256: str
-    input_size: tuple[int | None, int | None]
-    channels: int
-    preprocessing: str
-    preprocessing_reason: str
-    class_names: tuple[str, ...]
-    output_kind: str
-    output_layer: str
-    n_params: int
-    layers: tuple[LayerInfo, ...]
-    spatial_layers: tuple[str, ...]
-    default_layer: str | None
-    cam_head: str | None
-    methods: tuple[MethodSummary, ...]
-
-    @property
-    def n_layers(self) -> int:
-        """Layers excluding nested sub-model wrappers (each layer counted once)."""
-        return sum(1 for info in self.layers if not info.is_model) or len(self.layers)
-
-    @property
-    def n_classes(self) -> int:
-        return len(self.class_names)
-
-    def method(self, name: str) -> MethodSummary:
-        for method in self.methods:
-            if method.name == name:
-                return method
-        raise ServiceError(f"Unknown method {name!r}.")
-
-
 @dataclass(frozen=True, eq=False)
 class LoadedImage:
     """An image ready to explain: uint8 (H, W, 3) pixels and, for samples, ground-truth masks.
@@ -174,7 +121,7 @@ class LoadedImage:
     name: str
     sha256: str
     pixels: np.ndarray
-    source: Literal["sample", "upload", "camera"]
+    source: Literal["sample", "upload", "camera", "adversarial"]
     mask: np.ndarray | None = None
     marker: np.ndarray | None = None
 
@@ -182,56 +129,6 @@ class LoadedImage:
     def size(self) -> tuple[int, int]:
         """(width, height) in pixels."""
         return int(self.pixels.shape[1]), int(self.pixels.shape[0])
-
-
-@dataclass(frozen=True)
-class Prediction:
-    index: int
-    name: str
-    probability: float
-
-
-@dataclass(frozen=True)
-class ExplanationRequest:
-    """One explanation to compute. ``params`` are the method's resolved parameters, sorted."""
-
-    model: ModelRef
-    image_sha256: str
-    method: str
-    params: tuple[tuple[str, Any], ...]
-    target: int | None
-    layer: str | None
-    engine: str = "native"
-
-    @property
-    def key(self) -> tuple[Hashable, ...]:
-        return (
-            "explanation",
-            self.model.key,
-            self.image_sha256,
-            self.method,
-            self.params,
-            self.target,
-            self.layer,
-            self.engine,
-        )
-
-
-@dataclass(frozen=True, eq=False)
-class ExplanationResult:
-    """A computed explanation: the raw signed float32 (H, W) map at the image's resolution."""
-
-    attribution: np.ndarray
-    method: str
-    method_label: str
-    params: dict[str, Any]
-    target: int
-    target_label: str
-    score: float
-    layer: str | None
-    engine: str
-    seconds: float
-    extras: dict[str, Any]
 
 
 @dataclass(frozen=True)
@@ -331,13 +228,18 @@ class ResultCache:
 
 
 RESULTS = ResultCache()
+#: Requests whose computation crashed or ran past a limit, with the message shown (see Retry).
+_FAILURES: OrderedDict[Hashable, str] = OrderedDict()
+_FAILURES_LOCK = threading.Lock()
 
 
 def clear_caches() -> None:
-    """Forget every cached result and loaded model (tests; freeing memory)."""
+    """Forget every cached result and failure, and the models the workers hold (tests; memory)."""
     RESULTS.clear()
-    _cached_file_bundle.clear()
-    _cached_application_bundle.clear()
+    with _FAILURES_LOCK:
+        _FAILURES.clear()
+    if worker._POOL is not None:
+        worker._POOL.broadcast("clear")
 
 
 def _readonly(array: np.ndarray) -> np.ndarray:
@@ -428,8 +330,19 @@ def sha256_bytes(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
+def _safe_file_name(file_name: str, suffix: str) -> str:
+    """The base name of an uploaded file, reduced to characters safe in a path."""
+    stem = Path(file_name.replace("\\", "/")).name[: -len(suffix) or None]
+    cleaned = "".join(c if c.isalnum() or c in "-_. " else "_" for c in stem).strip(" .")
+    return f"{cleaned[:80] or 'model'}{suffix}"
+
+
 def store_model_upload(file_name: str, data: bytes) -> tuple[Path, str]:
-    """Write uploaded model bytes to a content-addressed file; returns (path, SHA-256)."""
+    """Write uploaded model bytes to ``<uploads>/<SHA-256>/<file name>``; returns (path, SHA-256).
+
+    The folder is content-addressed (the same bytes are stored once, whoever uploads them) and
+    the file keeps the user's name, so every message about it names the file the user chose.
+    """
     suffix = Path(file_name).suffix.lower()
     if suffix.lstrip(".") not in MODEL_SUFFIXES:
         raise ServiceError(
@@ -438,10 +351,17 @@ def store_model_upload(file_name: str, data: bytes) -> tuple[Path, str]:
         )
     if not data:
         raise ServiceError(f"{file_name!r} is empty (0 bytes).")
+    if len(data) > MAX_UPLOAD_BYTES:
+        raise ServiceError(
+            f"{file_name!r} is {len(data) / 2**20:.0f} MB; the largest model file this dashboard "
+            f"accepts is {MAX_UPLOAD_BYTES / 2**20:.0f} MB."
+        )
     digest = sha256_bytes(data)
-    path = _upload_dir() / f"{digest}{suffix}"
+    folder = _upload_dir() / digest
+    folder.mkdir(exist_ok=True)
+    path = folder / _safe_file_name(file_name, suffix)
     if not path.exists():
-        partial = path.with_name(path.name + f".{os.getpid()}.{threading.get_ident()}.part")
+        partial = folder / f".{os.getpid()}.{threading.get_ident()}.part"
         partial.write_bytes(data)
         partial.replace(path)
     return path, digest
@@ -484,106 +404,76 @@ def application_model_ref(
     )
 
 
-@st.cache_resource(max_entries=6, show_spinner=False)
-def _cached_file_bundle(
-    key: tuple[str, str, str | None], _path: str, _name: str, _labels: bytes | None
-) -> explainers.ModelBundle:
-    _count("load_model")
-    return explainers.load_model(_path, preprocessing=key[1], labels=_labels, name=_name)  # type: ignore[arg-type]
-
-
-@st.cache_resource(max_entries=2, show_spinner=False)
-def _cached_application_bundle(
-    name: str, preprocessing: str, labels_sha: str | None, _labels: bytes | None
-) -> explainers.ModelBundle:
-    _count("load_model")
-    bundle = explainers.load_application(name)
-    if preprocessing == "auto" and _labels is None:
-        return bundle
-    return explainers.bundle_from_model(
-        bundle.model,
-        preprocessing=preprocessing,  # type: ignore[arg-type]
-        labels=_labels,
-        name=bundle.name,
-        source=bundle.source,
-    )
-
-
-def _bundle(ref: ModelRef) -> explainers.ModelBundle:
-    if ref.kind == "application":
-        return _cached_application_bundle(
-            ref.location, ref.preprocessing, ref.labels_sha256, ref.labels
-        )
-    return _cached_file_bundle(ref.key, ref.location, ref.file_name, ref.labels)
-
-
-def _summarise_method(info: explainers.MethodInfo) -> MethodSummary:
-    spec = info.spec
-    return MethodSummary(
-        name=spec.name,
-        label=spec.label,
-        family=spec.family,
-        description=spec.description,
-        reference=spec.reference,
-        reference_url=spec.reference_url,
-        cost=spec.cost,
-        formula=spec.formula,
-        caveats=spec.caveats,
-        params=tuple(spec.params),
-        uses_layer=spec.uses_layer,
-        engines=tuple(spec.engines),
-        applicable=info.applicable,
-        reason=info.reason,
+def _call(
+    job: str,
+    kwargs: dict[str, Any],
+    *,
+    action: str,
+    model: ModelRef | None = None,
+    progress: ProgressCallback | None = None,
+    timeout_s: float | None = None,
+) -> Any:
+    """Run ``job`` in a compute worker; every failure arrives as a :class:`ServiceError`."""
+    return worker.pool().call(
+        job,
+        kwargs,
+        action=action,
+        model_key=model.key if model is not None else None,
+        progress=progress,
+        timeout_s=timeout_s,
     )
 
 
 def method_catalogue() -> tuple[MethodSummary, ...]:
     """Every registered method, not tied to a model (for the Guide without a model)."""
     with user_errors("list the explanation methods"):
-        return tuple(_summarise_method(info) for info in explainers.available_methods())
+        return tuple(summarise_method(info) for info in explainers.available_methods())
 
 
 def load_model(ref: ModelRef) -> ModelSummary:
-    """Load (or fetch from cache) the model ``ref`` points to and describe it.
+    """Load the model ``ref`` points to (in a worker) and describe it; cached per model key.
 
     Raises
     ------
     ServiceError
-        With a plain message (bad file, unsupported model, offline download, bad labels...).
+        With a plain message (bad or unsafe file, unsupported model, offline download, bad
+        labels, a crashed worker...).
     """
     if ref.preprocessing not in PREPROCESSING_OPTIONS:
         raise ServiceError(
             f"Unknown preprocessing {ref.preprocessing!r}; choose one of "
             f"{', '.join(PREPROCESSING_OPTIONS)}."
         )
-    with user_errors(f"load {ref.file_name}"):
-        bundle = _bundle(ref)
-        methods = tuple(_summarise_method(info) for info in explainers.available_methods(bundle))
-        return ModelSummary(
-            ref=ref,
-            name=bundle.name,
-            source=bundle.source,
-            sha256=ref.sha256 if ref.kind == "file" else "",
-            input_size=bundle.input_size,
-            channels=bundle.channels,
-            preprocessing=bundle.preprocessing,
-            preprocessing_reason=bundle.preprocessing_reason,
-            class_names=bundle.class_names,
-            output_kind=bundle.output_kind,
-            output_layer=bundle.output_layer,
-            n_params=bundle.n_params,
-            layers=bundle.layers,
-            spatial_layers=tuple(bundle.spatial_layers),
-            default_layer=bundle.default_layer,
-            cam_head=bundle.cam_head.feature_layer if bundle.cam_head else None,
-            methods=methods,
-        )
+    key = ("summary", ref.key)
+    cached = RESULTS.get(key)
+    if cached is not None:
+        return cached
+    _count("load_model")
+    pool = worker.pool()
+    summary = _call(
+        "describe",
+        {"ref": ref},
+        action=f"load {ref.file_name}",
+        model=ref,
+        timeout_s=pool.settings.load_timeout_s,
+    )
+    RESULTS.put(key, summary, 0)
+    return summary
 
 
 def method_reason(model: ModelSummary, method: str, layer: str | None) -> str | None:
     """Why ``method`` cannot explain ``model`` at ``layer`` (None when it can)."""
-    with user_errors(f"check {method}"):
-        return explainers.get_method(method).unavailable_reason(_bundle(model.ref), layer)
+    key = ("reason", model.ref.key, method, layer)
+    if key in RESULTS:
+        return RESULTS.get(key)[0]
+    reason = _call(
+        "method_reason",
+        {"ref": model.ref, "method": method, "layer": layer},
+        action=f"check {method}",
+        model=model.ref,
+    )
+    RESULTS.put(key, (reason,), 0)
+    return reason
 
 
 # ------------------------------------------------------------------------------------------------
@@ -634,9 +524,15 @@ def predictions(model: ModelSummary, image: LoadedImage, k: int = 5) -> list[Pre
     key = ("predict", model.ref.key, image.sha256)
     probs = RESULTS.get(key)
     if probs is None:
-        with user_errors("classify the image"):
-            _count("predict")
-            probs = _readonly(_bundle(model.ref).predict(image.pixels))
+        _count("predict")
+        probs = _readonly(
+            _call(
+                "predict",
+                {"ref": model.ref, "pixels": image.pixels},
+                action="classify the image",
+                model=model.ref,
+            )
+        )
         RESULTS.put(key, probs, probs.nbytes)
     order = np.argsort(-probs)[: max(1, min(k, len(probs)))]
     return [Prediction(int(i), model.class_names[i], float(probs[i])) for i in order]
@@ -672,6 +568,41 @@ def cached_explanation(request: ExplanationRequest) -> ExplanationResult | None:
     return RESULTS.get(request.key)
 
 
+def remembered_failure(key: Hashable) -> str | None:
+    """The message of a crash / time-out / memory failure of ``key`` not yet retried, or None."""
+    with _FAILURES_LOCK:
+        return _FAILURES.get(key)
+
+
+def forget_failure(key: Hashable) -> None:
+    """Let the next request for ``key`` run again (the user pressed Retry)."""
+    with _FAILURES_LOCK:
+        _FAILURES.pop(key, None)
+
+
+def _remember_failure(key: Hashable, message: str) -> None:
+    with _FAILURES_LOCK:
+        _FAILURES[key] = message
+        _FAILURES.move_to_end(key)
+        while len(_FAILURES) > 256:
+            _FAILURES.popitem(last=False)
+
+
+@contextmanager
+def _remembering(key: Hashable) -> Iterator[None]:
+    """Re-raise a remembered failure of ``key``; remember a new retryable one."""
+    message = remembered_failure(key)
+    if message is not None:
+        raise ServiceError(message, retryable=True, retry_key=key)
+    try:
+        yield
+    except ServiceError as err:
+        if err.retryable:
+            _remember_failure(key, str(err))
+            err.retry_key = key
+        raise
+
+
 def explain(
     request: ExplanationRequest, image: LoadedImage, progress: ProgressCallback | None = None
 ) -> ExplanationResult:
@@ -682,33 +613,25 @@ def explain(
     cached = RESULTS.get(request.key)
     if cached is not None:
         return cached
-    label = request.method
-    with user_errors(f"compute {request.method}"):
-        spec = explainers.get_method(request.method)
-        label = spec.label
+    with _remembering(request.key):
         _count(f"explain:{request.method}")
-        result = explainers.explain(
-            _bundle(request.model),
-            image.pixels,
-            request.method,
-            target=request.target,
-            layer=request.layer,
-            engine=request.engine,
+        outcome = _call(
+            "explain",
+            {
+                "ref": request.model,
+                "pixels": image.pixels,
+                "method": request.method,
+                "params": dict(request.params),
+                "target": request.target,
+                "layer": request.layer,
+                "engine": request.engine,
+            },
+            action=f"compute {request.method}",
+            model=request.model,
             progress=progress,
-            **dict(request.params),
         )
     outcome = ExplanationResult(
-        attribution=_readonly(result.attribution),
-        method=result.method,
-        method_label=label,
-        params=dict(result.params),
-        target=result.target,
-        target_label=result.label,
-        score=result.score,
-        layer=result.layer,
-        engine=result.engine,
-        seconds=result.seconds,
-        extras=dict(result.extras),
+        **{**outcome.__dict__, "attribution": _readonly(outcome.attribution)}
     )
     RESULTS.put(request.key, outcome, outcome.attribution.nbytes)
     return outcome
@@ -722,22 +645,200 @@ def feature_maps(model: ModelSummary, image: LoadedImage, layer: str) -> np.ndar
     cached = RESULTS.get(key)
     if cached is not None:
         return cached
-    with user_errors(f"compute the feature maps of {layer}"):
+    with _remembering(key):
         _count("features")
-        bundle = _bundle(model.ref)
-        _, _, acts = bundle.runner.activations(bundle.model_input(image.pixels), layer)
-    maps = _readonly(np.asarray(acts[0], np.float32))
+        maps = _call(
+            "feature_maps",
+            {"ref": model.ref, "pixels": image.pixels, "layer": layer},
+            action=f"compute the feature maps of {layer}",
+            model=model.ref,
+        )
+    maps = _readonly(np.asarray(maps, np.float32))
     RESULTS.put(key, maps, maps.nbytes)
     return maps
+
+
+# ------------------------------------------------------------------------------------------------
+# Robustness and evaluation
+# ------------------------------------------------------------------------------------------------
+ATTACK_METHODS = ("fgsm", "pgd")
+#: Blocks the dashboard's sanity check randomises at most (the demo model has 5).
+SANITY_MAX_STEPS = 12
+
+
+def _array_digest(array: np.ndarray | None) -> str | None:
+    if array is None:
+        return None
+    array = np.ascontiguousarray(array)
+    digest = hashlib.sha256(f"{array.dtype}{array.shape}".encode())
+    digest.update(array.tobytes())
+    return digest.hexdigest()
+
+
+def attack(
+    model: ModelSummary,
+    image: LoadedImage,
+    method: str,
+    *,
+    epsilon: float,
+    steps: int = 10,
+    step_size: float | None = None,
+    target: int | None = None,
+    seed: int = 0,
+    progress: ProgressCallback | None = None,
+) -> tuple[AttackOutcome, LoadedImage]:
+    """An adversarial version of ``image`` (FGSM or PGD, L∞ budget ``epsilon`` in pixel levels)
+    and the attacked image as a :class:`LoadedImage` the other functions can explain."""
+    if method not in ATTACK_METHODS:
+        raise ServiceError(f"Unknown attack {method!r}; choose one of {', '.join(ATTACK_METHODS)}.")
+    options = {
+        "epsilon": float(epsilon),
+        "steps": int(steps),
+        "step_size": None if step_size is None else float(step_size),
+        "target": target,
+        "seed": int(seed),
+    }
+    key = ("attack", model.ref.key, image.sha256, method, tuple(sorted(options.items())))
+    outcome = RESULTS.get(key)
+    if outcome is None:
+        with _remembering(key):
+            _count("attack")
+            outcome = _call(
+                "attack",
+                {"ref": model.ref, "pixels": image.pixels, "method": method, "options": options},
+                action=f"run the {method.upper()} attack",
+                model=model.ref,
+                progress=progress,
+            )
+        RESULTS.put(key, outcome, outcome.adversarial.nbytes + outcome.perturbation.nbytes)
+    adversarial = LoadedImage(
+        name=f"{image.name} · {method.upper()} ε={epsilon:g}",
+        sha256=_array_digest(outcome.adversarial) or "",
+        pixels=_readonly(outcome.adversarial),
+        source="adversarial",
+        mask=image.mask,
+        marker=image.marker,
+    )
+    return outcome, adversarial
+
+
+def evaluate(
+    model: ModelSummary,
+    image: LoadedImage,
+    maps: Mapping[str, np.ndarray],
+    *,
+    target: int,
+    mask: np.ndarray | None = None,
+    step: float = 0.02,
+    deletion_substrate: str = "blur",
+    insertion_substrate: str = "blur",
+    seed: int = 0,
+    progress: ProgressCallback | None = None,
+) -> EvaluationOutcome:
+    """Deletion and insertion curves (and, with ``mask``, pointing game and energy in the mask)
+    of each map in ``maps`` (float (H, W) at the image's size), plus a random-map row."""
+    options = {
+        "step": float(step),
+        "deletion_substrate": deletion_substrate,
+        "insertion_substrate": insertion_substrate,
+        "seed": int(seed),
+        "tolerance": 0,
+    }
+    key = (
+        "evaluate",
+        model.ref.key,
+        image.sha256,
+        tuple((name, _array_digest(m)) for name, m in maps.items()),
+        int(target),
+        _array_digest(mask),
+        tuple(sorted(options.items())),
+    )
+    cached = RESULTS.get(key)
+    if cached is not None:
+        return cached
+    with _remembering(key):
+        _count("evaluate")
+        outcome = _call(
+            "evaluate",
+            {
+                "ref": model.ref,
+                "pixels": image.pixels,
+                "maps": {name: np.asarray(m, np.float32) for name, m in maps.items()},
+                "target": int(target),
+                "mask": None if mask is None else np.asarray(mask, bool),
+                "options": options,
+            },
+            action="compute the deletion and insertion curves",
+            model=model.ref,
+            progress=progress,
+        )
+    RESULTS.put(key, outcome, 0)
+    return outcome
+
+
+def sanity_check(
+    model: ModelSummary,
+    image: LoadedImage,
+    methods: tuple[str, ...],
+    *,
+    target: int,
+    mode: str = "cascading",
+    params: Mapping[str, Mapping[str, Any]] | None = None,
+    seed: int = 0,
+    max_steps: int | None = SANITY_MAX_STEPS,
+    progress: ProgressCallback | None = None,
+) -> SanityOutcome:
+    """The model-parameter randomisation test of ``methods`` (each method's map recomputed on
+    copies of the model with more and more layers re-initialised from the top).
+
+    At most ``max_steps`` blocks are randomised (from the output side): a deep
+    ``keras.applications`` model has dozens, and every step recomputes every method."""
+    params = {name: dict(values) for name, values in (params or {}).items()}
+    key = (
+        "sanity",
+        model.ref.key,
+        image.sha256,
+        tuple(methods),
+        int(target),
+        mode,
+        tuple((m, tuple(sorted(p.items()))) for m, p in sorted(params.items())),
+        int(seed),
+        max_steps,
+    )
+    cached = RESULTS.get(key)
+    if cached is not None:
+        return cached
+    with _remembering(key):
+        _count("sanity")
+        outcome = _call(
+            "sanity",
+            {
+                "ref": model.ref,
+                "pixels": image.pixels,
+                "methods": tuple(methods),
+                "target": int(target),
+                "options": {
+                    "mode": mode,
+                    "seed": int(seed),
+                    "params": params,
+                    "max_steps": max_steps,
+                },
+            },
+            action="run the randomisation sanity check",
+            model=model.ref,
+            progress=progress,
+        )
+    size = sum(m.nbytes for maps in outcome.maps.values() for m in maps)
+    RESULTS.put(key, outcome, size)
+    return outcome
 
 
 def streamlit_progress(container: Any, label: str) -> tuple[ProgressCallback, Callable[[], None]]:
     """A progress callback that drives an ``st.progress`` bar in ``container`` (an
     ``st.empty()`` slot), and a function that removes the bar.
 
-    The library calls ``progress(fraction, message)`` from the thread that computes; in this
-    process that is the script thread, so updating the element directly is safe. (A worker-process
-    version would forward the same calls through a queue.)"""
+    The worker's progress messages are read, and this callback called, in the script thread that
+    waits for the result, so updating the element directly is safe."""
     bar = container.progress(0.0, text=f"{label}: starting…")
 
     def progress(fraction: float, message: str) -> None:

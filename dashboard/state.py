@@ -2,6 +2,7 @@
 values valid when the options they choose from change (a new model has other layers).
 
 Widget keys are prefixed by the page that owns them (``sidebar_``, ``explain_``, ``compare_``,
+``robustness_``, ``evaluate_``,
 ``model_``, ``guide_``); page widgets are created with ``persist_state="session"`` so that their
 values survive a visit to another page.
 """
@@ -15,7 +16,7 @@ import streamlit as st
 
 from dashboard.service import LoadedImage, ModelSummary
 
-Page = Literal["sidebar", "explain", "compare", "model", "guide"]
+Page = Literal["sidebar", "explain", "compare", "robustness", "evaluate", "model", "guide"]
 
 #: The model and image every page works on, and the last load problem of each.
 ACTIVE_MODEL = "active_model"

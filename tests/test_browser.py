@@ -2,7 +2,8 @@
 
 Uploads a ``.keras`` model and an image through the file uploaders, opens Compare, picks four
 methods, waits for four heatmaps, moves the opacity slider, downloads the HTML report and checks
-its contents. Screenshots go to ``test-artifacts/``.
+its contents. A second test opens the Robustness and Evaluate pages and runs the sanity check.
+Screenshots go to ``test-artifacts/``.
 
 Without Chromium or Playwright the test is skipped, except when the ``CI`` environment variable is
 set: then a missing browser is a failure.
@@ -12,6 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 import shutil
 import socket
 import subprocess
@@ -269,3 +271,46 @@ def test_upload_compare_adjust_and_download_report(server, tmp_path):
     assert "opacity 0.80" in html  # the report shows what the screen shows
     assert html.count("data:image/png;base64,") >= 1 + 3 * 4
     assert grid_path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_robustness_and_evaluate_pages_render(server):
+    """Both pages open from the sidebar, compute on their defaults and show their results; the
+    sanity check runs when its button is pressed."""
+    from playwright.sync_api import expect, sync_playwright
+
+    expect.set_options(timeout=COMPUTE_S * 1000)
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=_chromium(), args=CHROMIUM_ARGS)
+        try:
+            page = browser.new_context(viewport={"width": 1440, "height": 1000}).new_page()
+            page.set_default_timeout(COMPUTE_S * 1000)
+            page.goto(server)
+            sidebar = page.locator('[data-testid="stSidebar"]')
+            main = page.locator('[data-testid="stMain"]')
+            expect(main.get_by_text("Grad-CAM overlay")).to_be_visible()
+            _wait_idle(page)
+
+            sidebar.get_by_role("link", name="Robustness").click()
+            expect(main.get_by_role("heading", name="Robustness")).to_be_visible()
+            expect(main.get_by_text("The change, amplified ×31")).to_be_visible()
+            pairs = main.locator("[class*='st-key-robustness_pair_'] [data-testid='stImage'] img")
+            expect(pairs).to_have_count(4)  # two methods × (original, adversarial)
+            expect(main.get_by_role("button", name="Adversarial PNG")).to_be_visible()
+            _wait_idle(page)
+            _assert_no_exception(page)
+            page.screenshot(path=str(ARTIFACTS / "browser-05-robustness.png"))
+
+            sidebar.get_by_role("link", name="Evaluate").click()
+            expect(main.get_by_role("heading", name="Evaluate", exact=True)).to_be_visible()
+            charts = main.locator('[data-testid="stPlotlyChart"]')
+            expect(charts).to_have_count(2)  # deletion and insertion
+            _wait_idle(page)
+            main.get_by_role("button", name="Run the sanity check").click()
+            expect(main.get_by_role("button", name="Sanity check up to date")).to_be_visible()
+            expect(charts).to_have_count(3)
+            expect(main.get_by_text(re.compile(r"(passes|flagged) — ")).first).to_be_visible()
+            _wait_idle(page)
+            _assert_no_exception(page)
+            page.screenshot(path=str(ARTIFACTS / "browser-06-evaluate.png"), full_page=True)
+        finally:
+            browser.close()

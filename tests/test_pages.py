@@ -289,7 +289,7 @@ def test_bad_model_upload_shows_error_and_keeps_previous_model(app):
     ).run()
     assert not app.exception
     message = texts(app.error)
-    assert "could not be loaded as a Keras model" in message
+    assert "'broken.keras' is damaged or truncated" in message  # the user's name for the file
     assert "Still using **demo_shapes.keras**" in message
     assert app.session_state["active_model"].ref.file_name == "demo_shapes.keras"
     assert "**Grad-CAM overlay**" in texts(app.markdown)
@@ -303,18 +303,23 @@ def test_wrong_labels_file_is_explained(app):
     assert app.session_state["active_model"].class_names == ("circle", "square", "triangle")
 
 
-def test_keras_applications_offline_is_a_plain_message(app, monkeypatch):
-    import explainers
+def test_keras_applications_offline_is_a_plain_message(app, monkeypatch, tmp_path):
+    from dashboard import worker
 
-    def offline(name, **kwargs):
-        raise explainers.ModelLoadError(
-            f"The ImageNet weights for {name} could not be downloaded: this machine has no "
-            "internet access. Upload a saved .keras or .h5 model file instead."
-        )
-
-    monkeypatch.setattr(explainers, "load_application", offline)
-    app.radio(key="sidebar_model_source").set_value("keras.applications").run()
-    app.button(key="sidebar_application_load").click().run()
+    # The model is built in a worker process, which downloads the weights. Make every download
+    # fail the way it does without internet (whether or not this machine has it) by sending it
+    # to a closed local port, and start fresh workers that see this environment.
+    for name in ("HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy"):
+        monkeypatch.setenv(name, "http://127.0.0.1:9")
+    for name in ("NO_PROXY", "no_proxy"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("KERAS_HOME", str(tmp_path))  # no weights cached earlier are found
+    worker.shutdown_pool()
+    try:
+        app.radio(key="sidebar_model_source").set_value("keras.applications").run()
+        app.button(key="sidebar_application_load").click().run()
+    finally:
+        worker.shutdown_pool()  # later tests get workers with the normal environment
     assert not app.exception
     message = texts(app.error)
     assert "no internet access" in message and "Upload a saved .keras" in message
@@ -472,3 +477,387 @@ def test_large_images_are_drawn_at_display_size():
     assert small.shape == (768, 1024, 3) and small_map.shape == small_mask.shape == (768, 1024)
     assert marker is None and scaled.blur == pytest.approx(4.0 * 1024 / 2000)
     assert visuals.enlarge(np.zeros((96, 96, 3), np.uint8)).shape == (384, 384, 3)
+
+
+# ------------------------------------------------------------------------------------------------
+# Robustness
+# ------------------------------------------------------------------------------------------------
+def _active(app):
+    return app.session_state["active_model"], app.session_state["active_image"]
+
+
+def test_robustness_default_render(app):
+    from dashboard import components, service
+
+    app.switch_page("app_pages/robustness.py").run()
+    assert_clean(app)
+    assert [t.value for t in app.title] == ["Robustness"]
+    assert app.segmented_control(key="robustness_attack").value == "fgsm"
+    assert app.slider(key="robustness_epsilon").value == 4
+    assert app.slider(key="robustness_steps").disabled  # PGD-only controls are off for FGSM
+    assert app.multiselect(key="robustness_methods").value == ["grad_cam", "vanilla_gradients"]
+    # The page attacked with exactly these arguments: asking the service again is a cache hit.
+    model, image = _active(app)
+    attacks = count("attack")
+    outcome, adversarial = service.attack(model, image, "fgsm", epsilon=4, steps=1)
+    assert count("attack") == attacks
+    assert outcome.linf == 4.0 and np.abs(outcome.perturbation).max() == 4.0
+    assert adversarial.mask is image.mask and adversarial.sha256 != image.sha256
+    # The verdict line matches the outcome (the untrained tiny model does not flip).
+    _, line = components.attack_summary(outcome, model.class_names)
+    assert line in texts(app.success) + texts(app.warning)
+    markdown = texts(app.markdown)
+    assert f"**The change, amplified ×{127 // 4}**" in markdown
+    assert "##### Grad-CAM" in markdown and "##### Vanilla gradients" in markdown
+    captions = [picture.proto.imgs[0].caption for picture in app.image]
+    assert sum(c.startswith("Original · ") for c in captions) == 2
+    assert sum(c.startswith("Adversarial · ") for c in captions) == 2
+    (button,) = app.get("download_button")
+    assert button.label == "Adversarial PNG" and button.proto.url.endswith(".png")
+    assert len(app.dataframe) == 1 and list(app.dataframe[0].value.columns) == [
+        "Class",
+        "Before",
+        "After",
+    ]
+
+
+def test_robustness_attack_change_recomputes_once_display_does_not(app):
+    app.switch_page("app_pages/robustness.py").run()
+    attacks, explained = count("attack"), count()
+    app.slider(key="robustness_epsilon").set_value(6).run()
+    assert_clean(app)
+    # One new attack; the new adversarial image is explained by both methods (the original's
+    # maps come from the cache).
+    assert (count("attack"), count()) == (attacks + 1, explained + 2)
+    assert "**The change, amplified ×21**" in texts(app.markdown)
+    app.slider(key="robustness_alpha").set_value(0.8)
+    app.selectbox(key="robustness_sign").select("signed").run()
+    app.toggle(key="sidebar_outline_mask").set_value(True).run()
+    assert_clean(app)
+    assert (count("attack"), count()) == (attacks + 1, explained + 2)
+    # Adding a method explains both images with it, and does not attack again.
+    app.multiselect(key="robustness_methods").select("gradient_x_input").run()
+    assert_clean(app)
+    assert (count("attack"), count()) == (attacks + 1, explained + 4)
+    # PGD: its own controls; each change is one attack, going back is a cache hit.
+    app.segmented_control(key="robustness_attack").set_value("pgd").run()
+    assert not app.slider(key="robustness_steps").disabled
+    assert count("attack") == attacks + 2
+    app.slider(key="robustness_steps").set_value(3).run()
+    app.number_input(key="robustness_seed").set_value(5).run()
+    assert_clean(app)
+    assert count("attack") == attacks + 4
+    app.number_input(key="robustness_seed").set_value(0).run()
+    app.slider(key="robustness_steps").set_value(10).run()
+    assert count("attack") == attacks + 4
+    assert "PGD ε=6" in texts(app.get("metric"))
+
+
+def test_robustness_targeted_attack_reports_the_target(app):
+    from dashboard import components
+
+    app.switch_page("app_pages/robustness.py").run()
+    app.selectbox(key="robustness_goal").select(2).run()
+    assert_clean(app)
+    model, image = _active(app)
+    outcome, _ = components.service.attack(model, image, "fgsm", epsilon=4, steps=1, target=2)
+    assert outcome.target == 2
+    ok, line = components.attack_summary(outcome, model.class_names)
+    assert line.startswith("Target reached" if ok else "Target “triangle” not reached")
+    assert line in texts(app.success) + texts(app.warning)
+
+
+def _attack_outcome(before, after, target=None):
+    from dashboard.service import AttackOutcome, Prediction
+
+    names = ("circle", "square", "triangle")
+    return AttackOutcome(
+        adversarial=np.zeros((2, 2, 3), np.uint8),
+        perturbation=np.zeros((2, 2, 3), np.float32),
+        linf=0.0,
+        l2=0.0,
+        method="fgsm",
+        epsilon=4.0,
+        step_size=4.0,
+        steps=1,
+        seed=0,
+        original_class=before[0],
+        target=target,
+        before=(Prediction(before[0], names[before[0]], before[1]),),
+        after=(Prediction(after[0], names[after[0]], after[1]),),
+        flipped=before[0] != after[0],
+        reached_target=None if target is None else after[0] == target,
+        success=(after[0] == target) if target is not None else before[0] != after[0],
+        success_at_model_resolution=False,
+        losses=(1.0,),
+    )
+
+
+def test_attack_summary_sentences():
+    from dashboard.components import attack_summary
+
+    names = ("circle", "square", "triangle")
+    flipped = _attack_outcome((0, 0.9), (1, 0.8))
+    assert attack_summary(flipped, names) == (
+        True,
+        "Decision flipped: **circle** (90.0%) → **square** (80.0%)",
+    )
+    kept = attack_summary(_attack_outcome((0, 0.9), (0, 0.6)), names)
+    assert kept[0] is False and kept[1].startswith("Not flipped: **circle** (90.0%) → **circle**")
+    assert "try a larger ε" in kept[1]
+    reached = attack_summary(_attack_outcome((0, 0.9), (2, 0.7), target=2), names)
+    assert reached == (True, "Target reached: **circle** (90.0%) → **triangle** (70.0%)")
+    missed = attack_summary(_attack_outcome((0, 0.9), (1, 0.5), target=2), names)
+    assert missed[0] is False and missed[1].startswith("Target “triangle” not reached")
+
+
+def test_amplified_perturbation_is_exact():
+    from dashboard.components import amplified_perturbation
+
+    delta = np.array([[[-4, 0, 4], [1, -1, 2]]], np.float32)  # (1, 2, 3) pixel levels
+    picture, factor = amplified_perturbation(delta)
+    assert factor == 31  # floor(127 / 4)
+    assert picture.dtype == np.uint8
+    np.testing.assert_array_equal(picture[0, 0], [128 - 124, 128, 128 + 124])
+    np.testing.assert_array_equal(picture[0, 1], [159, 97, 190])
+    unchanged, one = amplified_perturbation(np.zeros((2, 2, 3), np.float32))
+    assert one == 1 and (unchanged == 128).all()
+
+
+def test_robustness_crash_offers_retry(app, monkeypatch):
+    from dashboard import service
+
+    real_call = service._call
+
+    def crashing(job, kwargs, **options):
+        if job == "attack":
+            raise service.ServiceError("The computation crashed (test).", retryable=True)
+        return real_call(job, kwargs, **options)
+
+    app.switch_page("app_pages/robustness.py").run()
+    monkeypatch.setattr(service, "_call", crashing)
+    app.slider(key="robustness_epsilon").set_value(9).run()
+    assert not app.exception
+    assert "The computation crashed (test)." in texts(app.error)
+    monkeypatch.setattr(service, "_call", real_call)
+    app.run()  # the failure is remembered: no new attempt until Retry
+    assert "The computation crashed (test)." in texts(app.error)
+    attacks = count("attack")
+    app.button(key="robustness_attack_retry").click().run()
+    assert_clean(app)
+    assert count("attack") == attacks + 1
+    assert "**The change, amplified ×14**" in texts(app.markdown)
+
+
+# ------------------------------------------------------------------------------------------------
+# Evaluate
+# ------------------------------------------------------------------------------------------------
+def _ranking(app):
+    (table,) = [d.value for d in app.dataframe]
+    return table.set_index("Method")
+
+
+def test_evaluate_default_render_with_random_row(app):
+    from dashboard import components, service
+
+    app.switch_page("app_pages/evaluate.py").run()
+    assert_clean(app)
+    assert [t.value for t in app.title] == ["Evaluate"]
+    assert app.multiselect(key="evaluate_methods").value == list(components.DEFAULT_EVALUATION)
+    assert app.radio(key="evaluate_ground_truth").value == "sample"
+    assert len(app.get("plotly_chart")) == 2  # deletion and insertion
+    table = _ranking(app)
+    labels = ["Grad-CAM", "Vanilla gradients", "Occlusion", "RISE", "Random (chance)"]
+    assert sorted(table.index) == sorted(labels)
+    assert list(table.columns) == [
+        "Deletion AUC ↓",
+        "Insertion AUC ↑",
+        "Pointing game",
+        "Energy in mask",
+        "Beats random",
+    ]
+    # The table shows the service's numbers for exactly these maps (a cache hit: same call).
+    model, image = _active(app)
+    target = service.predictions(model, image)[0].index
+    maps = {}
+    for name in components.DEFAULT_EVALUATION:
+        method = model.method(name)
+        request = components.build_request(
+            model,
+            image,
+            method,
+            {},
+            target=target,
+            layer=model.default_layer if method.uses_layer else None,
+            engine="native",
+        )
+        maps[name] = service.cached_explanation(request).attribution
+    evaluated = count("evaluate")
+    outcome = service.evaluate(model, image, maps, target=target, mask=image.mask)
+    assert count("evaluate") == evaluated
+    rows = {row.name: row for row in outcome.rows}
+    random = rows["random"]
+    for name, row in rows.items():
+        label = "Random (chance)" if name == "random" else model.method(name).label
+        assert table.loc[label, "Deletion AUC ↓"] == pytest.approx(row.deletion.auc)
+        assert table.loc[label, "Insertion AUC ↑"] == pytest.approx(row.insertion.auc)
+        assert table.loc[label, "Energy in mask"] == pytest.approx(row.energy)
+        assert table.loc[label, "Pointing game"] == ("hit" if row.pointing else "miss")
+        if name != "random":
+            lower = row.deletion.auc < random.deletion.auc
+            higher = row.insertion.auc > random.insertion.auc
+            expected = {
+                (True, True): "yes, on both",
+                (True, False): "deletion only",
+                (False, True): "insertion only",
+                (False, False): "no",
+            }[lower, higher]
+            assert table.loc[label, "Beats random"] == expected
+    assert table.loc["Random (chance)", "Beats random"] == "—"
+    scores = table["Insertion AUC ↑"] - table["Deletion AUC ↓"]
+    assert list(scores) == sorted(scores, reverse=True)  # best first
+
+
+def test_evaluate_protocol_change_recomputes_once(app):
+    app.switch_page("app_pages/evaluate.py").run()
+    evaluated, explained = count("evaluate"), count()
+    app.select_slider(key="evaluate_step").set_value(0.05).run()
+    assert_clean(app)
+    assert (count("evaluate"), count()) == (evaluated + 1, explained)
+    # 32×32 = 1024 model-input pixels in steps of round(5 % · 1024) = 51: 0, 51, …, 1020, 1024.
+    assert "22 points per curve" in texts(app.caption)
+    app.selectbox(key="evaluate_deletion_substrate").select("constant").run()
+    assert_clean(app)
+    assert (count("evaluate"), count()) == (evaluated + 2, explained)
+    # Fewer methods: one new evaluation, no new explanation; a new method: one of each.
+    app.multiselect(key="evaluate_methods").unselect("rise").run()
+    assert (count("evaluate"), count()) == (evaluated + 3, explained)
+    app.multiselect(key="evaluate_methods").select("grad_cam_plus_plus").run()
+    assert_clean(app)
+    assert (count("evaluate"), count()) == (evaluated + 4, explained + 1)
+    assert "Grad-CAM++" in _ranking(app).index
+    # Display-only changes and a page visit recompute nothing.
+    app.toggle(key="sidebar_outline_mask").set_value(True).run()
+    app.switch_page("app_pages/guide.py").run()
+    app.switch_page("app_pages/evaluate.py").run()
+    assert_clean(app)
+    assert app.select_slider(key="evaluate_step").value == 0.05
+    assert (count("evaluate"), count()) == (evaluated + 4, explained + 1)
+
+
+def test_evaluate_sanity_button_runs_once_and_shows_verdicts(app):
+    app.switch_page("app_pages/evaluate.py").run()
+    sanity = count("sanity")
+    assert app.button(key="evaluate_sanity_run").label == "Run the sanity check"
+    assert not app.success and not app.warning
+    app.button(key="evaluate_sanity_run").click().run()
+    assert_clean(app)
+    assert count("sanity") == sanity + 1
+    model = app.session_state["active_model"]
+    labels = [model.method(m).label for m in ("grad_cam", "vanilla_gradients", "guided_backprop")]
+    boxes = [e.value for e in app.success] + [e.value for e in app.warning]
+    assert sorted(b.split("**")[1] for b in boxes) == sorted(labels)
+    assert all(("passes" in b) != ("flagged" in b) for b in boxes)
+    assert len(app.get("plotly_chart")) == 3
+    # The tiny model has 3 weighted blocks: the original map and one per step.
+    grid = [i.proto.imgs[0].caption for i in app.image if "ρ" in i.proto.imgs[0].caption]
+    assert len(grid) == 4 and grid[0] == "original model · ρ = 1.00"
+    # Other controls keep the result on screen without running it again.
+    app.select_slider(key="evaluate_step").set_value(0.1).run()
+    app.selectbox(key="evaluate_sanity_shown").select("vanilla_gradients").run()
+    assert_clean(app)
+    assert count("sanity") == sanity + 1
+    assert app.button(key="evaluate_sanity_run").disabled
+    assert len(app.success) + len(app.warning) == 3
+    # New settings need the button again.
+    app.selectbox(key="evaluate_sanity_mode").select("independent").run()
+    assert count("sanity") == sanity + 1
+    assert not app.button(key="evaluate_sanity_run").disabled
+    assert len(app.success) + len(app.warning) == 0
+
+
+def test_evaluate_bad_mask_upload_is_explained_and_page_keeps_working(app):
+    app.selectbox(key="sidebar_sample").select("shapes_square_1").run()  # no mask
+    app.switch_page("app_pages/evaluate.py").run()
+    assert_clean(app)
+    assert app.radio(key="evaluate_ground_truth").options == [
+        "Upload a mask",
+        "Draw a box",
+        "None",
+    ]
+    assert "Pointing game" not in _ranking(app).columns
+    app.radio(key="evaluate_ground_truth").set_value("upload").run()
+    uploader = app.file_uploader(key="evaluate_mask_upload")
+    uploader.upload("mask.png", b"not a picture", "image/png").run()
+    assert not app.exception
+    assert "not an image format we can read" in texts(app.error)
+    assert "Pointing game" not in _ranking(app).columns  # the curves are still scored
+    black = png_bytes(np.zeros((48, 48, 3), np.uint8))
+    app.file_uploader(key="evaluate_mask_upload").upload("black.png", black, "image/png").run()
+    assert "has no white pixel" in texts(app.error)
+    # A good mask at half the size is resized and used.
+    half = np.zeros((24, 24, 3), np.uint8)
+    half[5:17, 6:18] = 255
+    app.file_uploader(key="evaluate_mask_upload").upload(
+        "half.png", png_bytes(half), "image/png"
+    ).run()
+    assert_clean(app)
+    (preview,) = [i.proto.imgs[0].caption for i in app.image if "Ground truth" in str(i.proto)]
+    assert "half.png: 24×24, resized to 48×48 · object = 25% of the image" in preview
+    assert "Pointing game" in _ranking(app).columns
+
+
+def test_evaluate_box_mask_scores_energy_inside_the_box(app):
+    from dashboard import components, service
+    from explainers.metrics import energy_in_mask
+
+    app.switch_page("app_pages/evaluate.py").run()
+    app.radio(key="evaluate_ground_truth").set_value("box").run()
+    app.slider(key="evaluate_box_x").set_value((10, 30))
+    app.slider(key="evaluate_box_y").set_value((5, 40)).run()
+    assert_clean(app)
+    model, image = _active(app)
+    method = model.method("vanilla_gradients")
+    target = service.predictions(model, image)[0].index
+    request = components.build_request(
+        model, image, method, {}, target=target, layer=None, engine="native"
+    )
+    attribution = service.cached_explanation(request).attribution
+    box = np.zeros((48, 48), bool)
+    box[5:40, 10:30] = True
+    expected = energy_in_mask(attribution, box)
+    assert _ranking(app).loc["Vanilla gradients", "Energy in mask"] == pytest.approx(expected)
+    assert 0.0 < expected < 1.0
+
+
+def test_evaluate_crashes_offer_retry(app, monkeypatch):
+    from dashboard import service
+
+    real_call = service._call
+    crashing_jobs = {"evaluate", "sanity"}
+
+    def crashing(job, kwargs, **options):
+        if job in crashing_jobs:
+            raise service.ServiceError(f"The {job} worker crashed (test).", retryable=True)
+        return real_call(job, kwargs, **options)
+
+    app.switch_page("app_pages/evaluate.py").run()
+    monkeypatch.setattr(service, "_call", crashing)
+    # Settings no other test uses, so that neither result is in the cache already.
+    app.selectbox(key="evaluate_insertion_substrate").select("constant").run()
+    app.multiselect(key="evaluate_sanity_methods").unselect("guided_backprop")
+    app.selectbox(key="evaluate_sanity_mode").select("independent").run()
+    app.button(key="evaluate_sanity_run").click().run()
+    assert not app.exception
+    assert "The evaluate worker crashed (test)." in texts(app.error)
+    assert "The sanity worker crashed (test)." in texts(app.error)
+    assert not app.dataframe
+    crashing_jobs.clear()
+    evaluated, sanity = count("evaluate"), count("sanity")
+    app.button(key="evaluate_curves_retry").click().run()
+    assert count("evaluate") == evaluated + 1 and len(app.dataframe) == 1
+    assert "The sanity worker crashed (test)." in texts(app.error)  # remembered until Retry
+    app.button(key="evaluate_sanity_retry").click().run()
+    assert_clean(app)
+    assert count("sanity") == sanity + 1
+    assert len(app.success) + len(app.warning) == 2

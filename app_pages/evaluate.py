@@ -1,0 +1,95 @@
+"""Evaluate: how faithful and how well-placed each method's map is, and whether it depends on the
+model at all."""
+
+from __future__ import annotations
+
+import streamlit as st
+
+from dashboard import components
+
+PAGE = "evaluate"
+
+METRICS = """
+- **Deletion** ([Petsiuk et al. 2018](https://arxiv.org/abs/1806.07421)): remove the pixels the
+  map ranks highest first and watch the class probability — a faithful map makes it collapse
+  quickly, so a **lower** area under the curve (AUC) is better.
+- **Insertion** (same paper): restore the pixels the map ranks highest first onto a blurred copy —
+  the probability should climb quickly, so a **higher** AUC is better.
+- **Pointing game** ([Zhang et al. 2018](https://arxiv.org/abs/1608.00507)): does the map's single
+  highest pixel fall on the object?
+- **Energy in mask** ([Wang et al. 2020](https://arxiv.org/abs/1910.01279)): the share of the map's
+  positive mass that lies on the object (a map spread evenly scores the object's area).
+- **Random (chance)**: the same protocol with a random map. A method that does not beat it tells
+  you nothing about the model.
+"""
+
+SANITY = """
+A map that explains the *model* must change when the model's learnt weights are replaced by random
+ones ([Adebayo et al. 2018](https://arxiv.org/abs/1810.03292), model-parameter randomisation). The
+test re-initialises the weights block by block from the output, recomputes each map, and measures
+its rank correlation (Spearman ρ) with the original map. A method whose map stays similar is
+**flagged**: it reflects the image (its edges and colours), not what the network learnt. It runs
+each method once per block on copies of the model, so it takes a few seconds — press the button.
+"""
+
+
+def page() -> None:
+    header = components.page_header(
+        "Evaluate", "Measure the maps: do they find what the model uses, and the object?"
+    )
+    if header is None:
+        return
+    model, image, predictions = header
+    labels = components.method_labels(model)
+
+    methods_col, target_col = st.columns([3, 1])
+    with methods_col:
+        chosen = components.methods_multiselect(
+            PAGE, model, "Methods to evaluate", components.DEFAULT_EVALUATION
+        )
+    with target_col:
+        target = components.target_picker(PAGE, model, predictions)
+    methods = components.skipped_methods(chosen)
+
+    protocol_col, truth_col = st.columns([1.6, 1])
+    with protocol_col, st.container(border=True, key=f"{PAGE}_protocol_box"):
+        st.markdown("**Deletion and insertion protocol**")
+        protocol = components.curve_controls(PAGE)
+        st.markdown(METRICS)
+    with truth_col, st.container(border=True, key=f"{PAGE}_truth_box"):
+        st.markdown("**Ground truth**")
+        mask = components.ground_truth(PAGE, image)
+
+    st.subheader("Faithfulness and localisation")
+    if not methods:
+        st.info("Pick at least one method above.")
+    else:
+        slot = st.empty()
+        maps = components.explanation_maps(PAGE, model, image, methods, target, slot)
+        if maps:
+            outcome = components.run_evaluation(model, image, maps, target, mask, protocol, slot)
+            if isinstance(outcome, components.Failure):
+                components.show_failure(outcome, f"{PAGE}_curves")
+            else:
+                components.curve_figures(PAGE, outcome, labels, model.class_names[target])
+                components.ranking_table(outcome, labels)
+
+    st.subheader("Sanity check: does the map depend on the model?")
+    st.markdown(SANITY)
+    tested, mode = components.sanity_controls(PAGE, model)
+    names = tuple(m.name for m in components.skipped_methods(tested))
+    if not components.sanity_requested(PAGE, model, image, names, target, mode):
+        return
+    outcome = components.run_sanity(model, image, names, target, mode, st.empty())
+    if isinstance(outcome, components.Failure):
+        components.show_failure(outcome, f"{PAGE}_sanity")
+        return
+    chart_col, verdict_col = st.columns([1.5, 1])
+    with chart_col:
+        components.sanity_figure(PAGE, outcome, labels)
+    with verdict_col:
+        components.sanity_verdicts(outcome, labels)
+    components.sanity_map_grid(PAGE, outcome, labels)
+
+
+page()

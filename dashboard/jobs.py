@@ -1,0 +1,379 @@
+"""What a compute worker can be asked to do; runs only inside a worker process.
+
+Every job takes plain data (a :class:`~dashboard.protocol.ModelRef`, uint8 pixels, parameters)
+and returns plain data (the types in :mod:`dashboard.protocol`, numpy arrays, builtins). Loaded
+models are kept in a small LRU per worker, keyed by the model file's SHA-256, the preprocessing
+choice and the labels' SHA-256, so a request never sees another model's state.
+
+``EXPLAINER_WORKER_TEST_HOOKS=1`` in the worker's environment adds jobs that crash, hang or
+allocate memory on purpose; the tests use them to prove the dashboard survives each.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+import traceback
+from collections import OrderedDict
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+
+import explainers
+from explainers import ExplainerError
+
+from .protocol import (
+    AttackOutcome,
+    CurveData,
+    EvaluationOutcome,
+    ExplanationResult,
+    MapEvaluation,
+    ModelRef,
+    ModelSummary,
+    Prediction,
+    SanityOutcome,
+    WorkerReply,
+    plain,
+    summarise_method,
+)
+
+LOGGER = logging.getLogger(__name__)
+Progress = Callable[[float, str], None]
+
+MAX_MODELS = max(1, int(os.environ.get("EXPLAINER_MAX_MODELS", "3") or 3))
+_BUNDLES: OrderedDict[tuple[str, str, str | None], explainers.ModelBundle] = OrderedDict()
+
+
+def _trust_model_files() -> bool:
+    """The operator's explicit opt-in to loading model files with custom code (off by default)."""
+    try:
+        from explainers.safety import trust_from_environment
+    except ImportError:  # pragma: no cover - older library without the safety module
+        return False
+    return bool(trust_from_environment())
+
+
+def bundle(ref: ModelRef) -> explainers.ModelBundle:
+    """The loaded model ``ref`` names, from this worker's LRU or freshly loaded."""
+    key = ref.key
+    found = _BUNDLES.get(key)
+    if found is not None:
+        _BUNDLES.move_to_end(key)
+        return found
+    if ref.kind == "application":
+        loaded = explainers.load_application(ref.location)
+        if ref.preprocessing != "auto" or ref.labels is not None:
+            loaded = explainers.bundle_from_model(
+                loaded.model,
+                preprocessing=ref.preprocessing,  # type: ignore[arg-type]
+                labels=ref.labels,
+                name=loaded.name,
+                source=loaded.source,
+            )
+    else:
+        options: dict[str, Any] = {}
+        if _trust_model_files():
+            options["trust"] = True
+        loaded = explainers.load_model(
+            ref.location,
+            preprocessing=ref.preprocessing,  # type: ignore[arg-type]
+            labels=ref.labels,
+            name=ref.file_name,
+            **options,
+        )
+        if loaded.sha256 is not None and loaded.sha256 != ref.sha256:
+            raise ExplainerError(
+                f"{ref.file_name!r} changed on disk since it was uploaded; upload it again"
+            )
+    _BUNDLES[key] = loaded
+    while len(_BUNDLES) > MAX_MODELS:
+        _BUNDLES.popitem(last=False)
+    return loaded
+
+
+# ------------------------------------------------------------------------------------------------
+# Jobs
+# ------------------------------------------------------------------------------------------------
+def describe(ref: ModelRef) -> ModelSummary:
+    loaded = bundle(ref)
+    methods = tuple(summarise_method(info) for info in explainers.available_methods(loaded))
+    return ModelSummary(
+        ref=ref,
+        name=loaded.name,
+        source=loaded.source,
+        sha256=ref.sha256 if ref.kind == "file" else "",
+        input_size=loaded.input_size,
+        channels=loaded.channels,
+        preprocessing=loaded.preprocessing,
+        preprocessing_reason=loaded.preprocessing_reason,
+        class_names=tuple(loaded.class_names),
+        output_kind=loaded.output_kind,
+        output_layer=loaded.output_layer,
+        n_params=int(loaded.n_params),
+        layers=tuple(loaded.layers),
+        spatial_layers=tuple(loaded.spatial_layers),
+        default_layer=loaded.default_layer,
+        cam_head=loaded.cam_head.feature_layer if loaded.cam_head else None,
+        methods=methods,
+    )
+
+
+def method_reason(ref: ModelRef, method: str, layer: str | None) -> str | None:
+    return explainers.get_method(method).unavailable_reason(bundle(ref), layer)
+
+
+def predict(ref: ModelRef, pixels: np.ndarray) -> np.ndarray:
+    return np.asarray(bundle(ref).predict(pixels), np.float32)
+
+
+def explain(
+    ref: ModelRef,
+    pixels: np.ndarray,
+    method: str,
+    params: dict[str, Any],
+    target: int | None,
+    layer: str | None,
+    engine: str,
+    progress: Progress,
+) -> ExplanationResult:
+    _crash_if_asked(method)
+    result = explainers.explain(
+        bundle(ref),
+        pixels,
+        method,
+        target=target,
+        layer=layer,
+        engine=engine,
+        progress=progress,
+        **params,
+    )
+    return ExplanationResult(
+        attribution=np.ascontiguousarray(result.attribution, np.float32),
+        method=result.method,
+        method_label=explainers.get_method(result.method).label,
+        params=plain(dict(result.params)),
+        target=int(result.target),
+        target_label=str(result.label),
+        score=float(result.score),
+        layer=result.layer,
+        engine=result.engine,
+        seconds=float(result.seconds),
+        extras=plain(dict(result.extras)),
+    )
+
+
+def feature_maps(ref: ModelRef, pixels: np.ndarray, layer: str) -> np.ndarray:
+    loaded = bundle(ref)
+    _, _, acts = loaded.runner.activations(loaded.model_input(pixels), layer)
+    return np.ascontiguousarray(acts[0], np.float32)
+
+
+def _predictions(rows: Any) -> tuple[Prediction, ...]:
+    return tuple(Prediction(int(i), str(name), float(p)) for i, name, p in rows)
+
+
+def attack(
+    ref: ModelRef, pixels: np.ndarray, method: str, options: dict[str, Any], progress: Progress
+) -> AttackOutcome:
+    result = explainers.attack(bundle(ref), pixels, method, progress=progress, **options)  # type: ignore[arg-type]
+    return AttackOutcome(
+        adversarial=np.ascontiguousarray(result.image, np.uint8),
+        perturbation=np.ascontiguousarray(result.perturbation, np.float32),
+        linf=float(result.linf),
+        l2=float(result.l2),
+        method=result.method,
+        epsilon=float(result.epsilon),
+        step_size=float(result.step_size),
+        steps=int(result.steps),
+        seed=int(result.seed),
+        original_class=int(result.original_class),
+        target=None if result.target is None else int(result.target),
+        before=_predictions(result.before),
+        after=_predictions(result.after),
+        flipped=bool(result.flipped),
+        reached_target=None if result.reached_target is None else bool(result.reached_target),
+        success=bool(result.success),
+        success_at_model_resolution=bool(result.success_at_model_resolution),
+        losses=tuple(float(v) for v in result.losses),
+    )
+
+
+def _curve(curve: Any) -> CurveData:
+    return CurveData(
+        kind=str(curve.kind),
+        fractions=np.asarray(curve.fractions, np.float64),
+        probabilities=np.asarray(curve.probabilities, np.float64),
+        auc=float(curve.auc),
+    )
+
+
+def evaluate(
+    ref: ModelRef,
+    pixels: np.ndarray,
+    maps: dict[str, np.ndarray],
+    target: int,
+    mask: np.ndarray | None,
+    options: dict[str, Any],
+    progress: Progress,
+) -> EvaluationOutcome:
+    started = time.perf_counter()
+    rows = explainers.evaluate_maps(
+        bundle(ref), pixels, maps, target=target, mask=mask, progress=progress, **options
+    )
+    return EvaluationOutcome(
+        target=int(target),
+        rows=tuple(
+            MapEvaluation(
+                name=row.name,
+                deletion=_curve(row.deletion),
+                insertion=_curve(row.insertion),
+                pointing=None if row.pointing is None else bool(row.pointing),
+                energy=None if row.energy is None else float(row.energy),
+            )
+            for row in rows
+        ),
+        step=float(options.get("step", 0.02)),
+        deletion_substrate=str(options.get("deletion_substrate", "blur")),
+        insertion_substrate=str(options.get("insertion_substrate", "blur")),
+        seconds=time.perf_counter() - started,
+    )
+
+
+def sanity(
+    ref: ModelRef,
+    pixels: np.ndarray,
+    methods: tuple[str, ...],
+    target: int,
+    options: dict[str, Any],
+    progress: Progress,
+) -> SanityOutcome:
+    started = time.perf_counter()
+    result = explainers.model_randomisation_test(
+        bundle(ref), pixels, list(methods), target=target, progress=progress, **options
+    )
+    return SanityOutcome(
+        methods=tuple(result.methods),
+        target=int(result.target),
+        mode=str(result.mode),
+        step_names=tuple(block.name for block in result.blocks),
+        randomised=tuple(tuple(step) for step in result.randomised),
+        correlations={m: tuple(float(v) for v in vs) for m, vs in result.correlations.items()},
+        signed_correlations={
+            m: tuple(float(v) for v in vs) for m, vs in result.signed_correlations.items()
+        },
+        maps={
+            m: tuple(np.asarray(v, np.float32) for v in (result.original_maps[m], *result.maps[m]))
+            for m in result.methods
+        },
+        flagged={m: bool(v) for m, v in result.flagged.items()},
+        verdicts={m: result.verdict(m) for m in result.methods},
+        threshold=float(result.threshold),
+        rule=str(result.rule),
+        seconds=time.perf_counter() - started,
+    )
+
+
+def ping() -> str:
+    return "pong"
+
+
+def clear() -> None:
+    _BUNDLES.clear()
+
+
+# Test-only hooks: each breaks the worker in one of the ways the dashboard must survive.
+def _test_hooks() -> bool:
+    return os.environ.get("EXPLAINER_WORKER_TEST_HOOKS") == "1"
+
+
+def _crash_if_asked(method: str) -> None:
+    """With test hooks on, abort the worker when the file named by ``EXPLAINER_TEST_CRASH_FILE``
+    holds this method's name: a stand-in for TensorFlow crashing inside one method."""
+    path = os.environ.get("EXPLAINER_TEST_CRASH_FILE")
+    if _test_hooks() and path and os.path.isfile(path):
+        with open(path) as handle:
+            if handle.read().strip() == method:
+                os.abort()
+
+
+def _test_abort() -> None:
+    os.abort()
+
+
+def _test_sleep(seconds: float) -> str:
+    time.sleep(seconds)
+    return "slept"
+
+
+def _test_allocate(megabytes: int) -> int:
+    block = np.ones(int(megabytes) * 2**20 // 8, np.float64)  # touched, so it is resident
+    time.sleep(5)
+    return int(block.nbytes)
+
+
+JOBS: dict[str, Callable[..., Any]] = {
+    "describe": describe,
+    "method_reason": method_reason,
+    "predict": predict,
+    "explain": explain,
+    "feature_maps": feature_maps,
+    "attack": attack,
+    "evaluate": evaluate,
+    "sanity": sanity,
+    "ping": ping,
+    "clear": clear,
+}
+TEST_JOBS: dict[str, Callable[..., Any]] = {
+    "test_abort": _test_abort,
+    "test_sleep": _test_sleep,
+    "test_allocate": _test_allocate,
+}
+#: Jobs that accept a ``progress`` callback.
+WITH_PROGRESS = frozenset({"explain", "attack", "evaluate", "sanity"})
+
+
+def _rss() -> int:
+    try:
+        with open("/proc/self/statm") as handle:
+            return int(handle.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError, IndexError):
+        return 0
+
+
+def run(job: str, kwargs: dict[str, Any], progress: Progress) -> WorkerReply:
+    """Run one job and wrap its outcome (or its error, as a plain sentence) in a reply."""
+    table = dict(JOBS)
+    if _test_hooks():
+        table.update(TEST_JOBS)
+    try:
+        function = table[job]
+    except KeyError:
+        return WorkerReply("error", error_kind="unexpected", message=f"unknown job {job!r}")
+    if job in WITH_PROGRESS:
+        kwargs = {**kwargs, "progress": progress}
+    try:
+        value = function(**kwargs)
+    except ExplainerError as err:
+        return WorkerReply(
+            "error",
+            error_kind="explainer",
+            message=str(err),
+            loaded=tuple(_BUNDLES),
+            rss_bytes=_rss(),
+        )
+    except MemoryError:
+        return WorkerReply("error", error_kind="memory", loaded=tuple(_BUNDLES), rss_bytes=_rss())
+    except Exception as err:
+        traceback.print_exc()  # the server's log keeps the details; the user gets one line
+        detail = str(err).strip().splitlines()[0][:300] if str(err).strip() else ""
+        message = f"unexpected {type(err).__name__}" + (f" ({detail})" if detail else "")
+        return WorkerReply(
+            "error",
+            error_kind="unexpected",
+            message=message,
+            loaded=tuple(_BUNDLES),
+            rss_bytes=_rss(),
+        )
+    return WorkerReply("result", value=value, loaded=tuple(_BUNDLES), rss_bytes=_rss())
