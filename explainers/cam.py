@@ -2,31 +2,60 @@
 
 Every variant computes ``L = ReLU(Σ_k w_k ⊙ A_k)`` on the activations ``A`` of a spatial layer
 (Zhou et al. 2016; Selvaraju et al. 2017, Eq. 2). :func:`cam_pipeline` owns the activations,
-gradients, weighted sum and ReLU; each variant supplies only ``w`` — per channel (K,) or per
-position (h, w, K). Variants that need no gradients (CAM, Score-CAM) skip the backward pass.
+gradients, weighted sum and ReLU; each variant supplies only ``w`` — per channel or per position.
+The weighting and the channel sum run inside the runner's compiled pass (in float64), so only the
+(h, w) map comes back from TensorFlow. Variants that need no gradients (CAM, Score-CAM) skip the
+backward pass; Score-CAM's weights need more model passes and are computed after the activations.
 """
 
 from __future__ import annotations
 
+import threading
+import weakref
 from collections.abc import Callable
 from typing import Any
 
 import numpy as np
+import tensorflow as tf
 
+from .compute import LayerReducer, batch_size_param, resolve_batch_size
 from .gradients import guided_backprop
 from .maps import resize_map
 from .models import ModelBundle, _layer_object
-from .registry import ExplainRequest, MethodSpec, ParamSpec, batch_size_param, register
+from .registry import ExplainRequest, MethodSpec, ParamSpec, register
 
-#: ``weights(request, A, dA) -> (K,) or (h, w, K)``; A and dA are (h, w, K) for one image
-#: (dA is None for variants declared gradient-free).
-ChannelWeights = Callable[[ExplainRequest, np.ndarray, np.ndarray | None], np.ndarray]
+#: ``weights(bundle, A, dA, target) -> (B, 1, 1, K) or (B, h, w, K)``, TensorFlow, float64; A and
+#: dA are (B, h, w, K) (dA is None for variants declared gradient-free), target a scalar tensor.
+ChannelWeights = Callable[[ModelBundle, tf.Tensor, tf.Tensor | None, tf.Tensor], tf.Tensor]
 
 
 def layer_of(request: ExplainRequest) -> str:
     layer = request.layer or request.bundle.default_layer
     assert layer is not None  # MethodSpec.check guarantees it
     return request.bundle.layer(layer).path
+
+
+_REDUCERS: weakref.WeakKeyDictionary[ModelBundle, dict[ChannelWeights, LayerReducer]] = (
+    weakref.WeakKeyDictionary()
+)
+_REDUCERS_LOCK = threading.Lock()
+
+
+def _reducer(bundle: ModelBundle, weights: ChannelWeights) -> LayerReducer:
+    """``Σ_k w_k ⊙ A_k`` as a TensorFlow function, one object per (bundle, variant) so that the
+    runner's compiled pass for it is traced once."""
+    with _REDUCERS_LOCK:
+        per_bundle = _REDUCERS.setdefault(bundle, {})
+        reduce = per_bundle.get(weights)
+        if reduce is None:
+
+            def reduce(acts: tf.Tensor, grads: tf.Tensor | None, target: tf.Tensor) -> tf.Tensor:
+                a = tf.cast(acts, tf.float64)
+                g = None if grads is None else tf.cast(grads, tf.float64)
+                return tf.reduce_sum(weights(bundle, a, g, target) * a, axis=-1)
+
+            per_bundle[weights] = reduce
+        return reduce
 
 
 def cam_pipeline(
@@ -36,98 +65,134 @@ def cam_pipeline(
 
     Returns the map at the layer's resolution (h, w), float32, and the extras dict.
     """
-    runner = request.bundle.runner
-    layer = layer_of(request)
-    batch_size = int(request.params.get("batch_size", 32))
-    if needs_gradients:
-        _, activations, gradients = runner.layer_gradients(
-            request.x, request.target, layer, batch_size=batch_size
-        )
-        grads: np.ndarray | None = gradients[0].astype(np.float64)
-    else:
-        _, _, activations = runner.activations(request.x, layer, batch_size=batch_size)
-        grads = None
-    acts = activations[0].astype(np.float64)
-    w = weights(request, acts, grads)
-    cam = np.sum(w * acts, axis=-1)
+    maps, shape = request.bundle.runner.layer_maps(
+        request.x,
+        request.target,
+        layer_of(request),
+        _reducer(request.bundle, weights),
+        needs_gradients=needs_gradients,
+        batch_size=resolve_batch_size(request.params.get("batch_size"), request.x.shape[1:]),
+    )
+    return _finish(request, maps[0], shape)
+
+
+def _finish(
+    request: ExplainRequest, cam: np.ndarray, shape: tuple[int, ...]
+) -> tuple[np.ndarray, dict[str, Any]]:
     if request.params.get("relu", True):
         cam = np.maximum(cam, 0.0)
-    return cam.astype(np.float32), {"layer_shape": list(acts.shape)}
+    return cam.astype(np.float32), {"layer_shape": list(shape)}
 
 
 # ------------------------------------------------------------------------------------------------
 # Channel-weight steps
 # ------------------------------------------------------------------------------------------------
-def cam_weights(request: ExplainRequest, acts: np.ndarray, grads: np.ndarray | None) -> np.ndarray:
-    """CAM: the output layer's weights for the class (Zhou et al. 2016, Eq. in §2)."""
-    bundle = request.bundle
+def cam_weights(
+    bundle: ModelBundle, acts: tf.Tensor, grads: tf.Tensor | None, target: tf.Tensor
+) -> tf.Tensor:
+    """CAM: the output layer's weights for the class (Zhou et al. 2016, Eq. in §2).
+
+    Read from the layer inside the compiled pass, so a change to the model's weights shows.
+    """
     assert bundle.cam_head is not None
-    dense = _layer_object(bundle.model, bundle.cam_head.dense_layer)
-    kernel = np.asarray(dense.kernel, np.float64)
+    kernel = tf.cast(_layer_object(bundle.model, bundle.cam_head.dense_layer).kernel, tf.float64)
     if kernel.shape[1] == 1:  # binary: the single logit scores class 1, its negation class 0
-        return kernel[:, 0] if request.target == 1 else -kernel[:, 0]
-    return kernel[:, request.target]
+        column = tf.where(tf.equal(target, 1), kernel[:, 0], -kernel[:, 0])
+    else:
+        column = tf.gather(kernel, target, axis=1)
+    return column[None, None, None, :]
 
 
-def grad_cam_weights(request: ExplainRequest, acts: np.ndarray, grads: np.ndarray) -> np.ndarray:
+def grad_cam_weights(
+    bundle: ModelBundle, acts: tf.Tensor, grads: tf.Tensor, target: tf.Tensor
+) -> tf.Tensor:
     """Grad-CAM: spatial mean of the gradients (Selvaraju et al. 2017, Eq. 1)."""
-    return grads.mean(axis=(0, 1))
+    return tf.reduce_mean(grads, axis=[1, 2], keepdims=True)
 
 
 def grad_cam_plus_plus_weights(
-    request: ExplainRequest, acts: np.ndarray, grads: np.ndarray
-) -> np.ndarray:
+    bundle: ModelBundle, acts: tf.Tensor, grads: tf.Tensor, target: tf.Tensor
+) -> tf.Tensor:
     """Grad-CAM++ (Chattopadhay et al. 2018, Eqs. 10 and 19).
 
     With the exponential of the score, higher derivatives are powers of the first, so
     α = g² / (2g² + Σ_ab A_ab g³) and w_k = Σ_ij α_ij ReLU(g_ij).
     """
-    g2 = grads**2
-    g3 = grads**3
-    denominator = 2.0 * g2 + acts.sum(axis=(0, 1), keepdims=True) * g3
-    alpha = np.divide(g2, denominator, out=np.zeros_like(g2), where=np.abs(denominator) > 1e-30)
-    return (alpha * np.maximum(grads, 0.0)).sum(axis=(0, 1))
+    g2 = tf.square(grads)
+    g3 = g2 * grads
+    denominator = 2.0 * g2 + tf.reduce_sum(acts, axis=[1, 2], keepdims=True) * g3
+    usable = tf.abs(denominator) > 1e-30
+    alpha = tf.where(usable, g2 / tf.where(usable, denominator, tf.ones_like(denominator)), 0.0)
+    return tf.reduce_sum(alpha * tf.nn.relu(grads), axis=[1, 2], keepdims=True)
 
 
-def layer_cam_weights(request: ExplainRequest, acts: np.ndarray, grads: np.ndarray) -> np.ndarray:
+def layer_cam_weights(
+    bundle: ModelBundle, acts: tf.Tensor, grads: tf.Tensor, target: tf.Tensor
+) -> tf.Tensor:
     """Layer-CAM: a weight per position and channel, ReLU of the gradient (Jiang et al. 2021,
     Eq. 5)."""
-    return np.maximum(grads, 0.0)
+    return tf.nn.relu(grads)
 
 
-def score_cam_weights(
-    request: ExplainRequest, acts: np.ndarray, grads: np.ndarray | None
-) -> np.ndarray:
+def score_cam_inputs(maps: tf.Tensor, x: tf.Tensor) -> tf.Tensor:
+    """Masked inputs X ∘ H_k, float32 (B, h, w, C), for activation maps (B, h′, w′).
+
+    Each map is min-max normalised to [0, 1] (a constant map becomes 0) at the layer's
+    resolution and upsampled bilinearly with half-pixel centres — the same numbers as
+    :func:`explainers.maps.resize_map` — inside the runner's compiled forward: one batched op for
+    all channels, no Python per channel.
+    """
+    low = tf.reduce_min(maps, axis=[1, 2], keepdims=True)
+    span = tf.reduce_max(maps, axis=[1, 2], keepdims=True) - low
+    safe = tf.where(span > 0, span, tf.ones_like(span))
+    normalised = tf.where(span > 0, (maps - low) / safe, tf.zeros_like(maps))
+    size = tf.shape(x)[:2]
+    masks = tf.image.resize(normalised[..., None], size, method="bilinear", antialias=False)
+    # Repeating the mask over the colour channels first is faster than TensorFlow's broadcasting
+    # multiply (about a third less time for 32 masks at 224 px); the values are the same.
+    return tf.repeat(masks, tf.shape(x)[2], axis=-1) * x[None]
+
+
+def score_cam_weights(request: ExplainRequest, acts: np.ndarray) -> np.ndarray:
     """Score-CAM: each channel's weight is the rise in the class probability when the input is
     masked by that channel's upsampled, min-max normalised activation map (Wang et al. 2020,
-    Eqs. 3–5): ``w_k = p_c(X ∘ H_k) − p_c(X_b)`` with a zero baseline ``X_b``."""
+    Eqs. 3–5): ``w_k = p_c(X ∘ H_k) − p_c(X_b)`` with a zero baseline ``X_b``.
+
+    ``acts`` are the layer's activations (h, w, K) for the image; returns float64 (K,).
+    """
     bundle = request.bundle
     x = request.x[0]
-    h, w = x.shape[:2]
     n_channels = acts.shape[-1]
     max_channels = int(request.params.get("max_channels", 0))
     channels = np.arange(n_channels)
     if 0 < max_channels < n_channels:  # keep the most active channels (a documented speed-up)
         channels = np.sort(np.argsort(-acts.mean(axis=(0, 1)))[:max_channels])
-    batch_size = int(request.params.get("batch_size", 32))
-    _, baseline_probs = bundle.runner.forward(np.zeros((1, *x.shape), np.float32))
+    # The zero baseline's prediction is memoised by the runner: paid once per model.
+    _, baseline_probs = bundle.runner.predict(np.zeros((1, *x.shape), np.float32))
+    maps = np.moveaxis(acts[:, :, channels], -1, 0).astype(np.float32)  # (k, h', w')
+    _, probs = bundle.runner.built_forward(
+        score_cam_inputs,
+        (maps,),
+        (tf.constant(x, tf.float32),),
+        batch_size=resolve_batch_size(request.params.get("batch_size"), request.x.shape[1:]),
+        progress=request.progress,
+        message="Score-CAM channels",
+    )
     weights = np.zeros(n_channels)
-    for start in range(0, len(channels), batch_size):
-        part = channels[start : start + batch_size]
-        masks = []
-        for k in part:
-            a = acts[:, :, k]
-            span = a.max() - a.min()
-            upsampled = resize_map((a - a.min()) / span if span > 0 else np.zeros_like(a), (h, w))
-            masks.append(upsampled)
-        masked = x[None] * np.stack(masks)[..., None]
-        _, probs = bundle.runner.forward(masked.astype(np.float32), batch_size=batch_size)
-        weights[part] = probs[:, request.target] - baseline_probs[0, request.target]
-        request.report(
-            (start + len(part)) / len(channels),
-            f"Score-CAM: {start + len(part)}/{len(channels)} channels",
-        )
+    weights[channels] = probs[:, request.target] - baseline_probs[0, request.target]
     return weights
+
+
+def score_cam(request: ExplainRequest) -> tuple[np.ndarray, dict[str, Any]]:
+    """The CAM pipeline with Score-CAM's weights, which need the activations first (NumPy)."""
+    _, _, activations = request.bundle.runner.activations(
+        request.x,
+        layer_of(request),
+        batch_size=resolve_batch_size(request.params.get("batch_size"), request.x.shape[1:]),
+    )
+    acts = activations[0].astype(np.float64)
+    cam = np.sum(score_cam_weights(request, acts) * acts, axis=-1)
+    return _finish(request, cam, acts.shape)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -162,7 +227,7 @@ _CAM_CAVEAT = (
 def _cam_method(
     name: str,
     label: str,
-    weights: ChannelWeights,
+    weights: ChannelWeights | Callable[[ExplainRequest], tuple[np.ndarray, dict[str, Any]]],
     *,
     needs_gradients: bool,
     description: str,
@@ -176,8 +241,13 @@ def _cam_method(
     requirement=None,
     engines: tuple[str, ...] = ("native",),
 ) -> MethodSpec:
+    """Register a CAM variant from its channel-weight step (or, for Score-CAM, its own compute)."""
+
     def compute(request: ExplainRequest) -> tuple[np.ndarray, dict[str, Any]]:
-        return cam_pipeline(request, weights, needs_gradients=needs_gradients)
+        return cam_pipeline(request, weights, needs_gradients=needs_gradients)  # type: ignore[arg-type]
+
+    if weights is score_cam:
+        compute = score_cam  # type: ignore[assignment]
 
     kwargs = {"requirement": requirement} if requirement is not None else {}
     return register(
@@ -269,7 +339,7 @@ _cam_method(
 _cam_method(
     "score_cam",
     "Score-CAM",
-    score_cam_weights,
+    score_cam,
     needs_gradients=False,
     description="Each feature map, used as a mask on the input, is weighted by how much it "
     "raises the class probability. No gradients; one forward pass per channel.",

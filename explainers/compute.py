@@ -5,9 +5,12 @@ One :class:`ModelRunner` per loaded model holds the ``tf.function``s the methods
 * ``forward``: class scores and probabilities (perturbation methods, predictions);
 * ``input_gradients``: d score / d input, optionally with guided-backprop ReLUs;
 * ``layer_gradients``: activations of one layer and d score / d activations (CAM family);
-* ``activations``: activations of one layer (feature maps, Score-CAM).
+* ``activations``: activations of one layer (feature maps, Score-CAM);
+* ``built_forward`` / ``built_gradients``: the same passes on inputs that a method describes
+  compactly (patch corners, noise seeds, path positions) and that are built, and for gradients
+  reduced, inside the compiled function.
 
-Each function is traced once per input shape (the batch dimension is free), takes the target class
+Each function is traced once per input shape with the batch dimension free, takes the target class
 as a tensor (no retracing per class), and only ever differentiates with respect to the input or an
 activation, never the weights: the tape does not watch variables. That is also what keeps us away
 from TensorFlow 2.21's oneDNN crash in the eager filter gradient of 1×1 stride-2 convolutions.
@@ -17,20 +20,66 @@ from __future__ import annotations
 
 import hashlib
 import threading
+import weakref
 from collections import OrderedDict
 from collections.abc import Callable, Iterator
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 import tensorflow as tf
 
 from .graph import replay
+from .registry import ParamSpec
 
 if TYPE_CHECKING:
     from .models import ModelBundle
 
 #: ``progress(fraction_done, message)``; fraction in [0, 1].
 ProgressCallback = Callable[[float, str], None]
+#: ``builder(*batched_slices, *shared) -> model inputs (B, h, w, C)``, a pure TensorFlow function.
+BatchBuilder = Callable[..., tf.Tensor]
+#: What :meth:`ModelRunner.built_gradients` sums: the gradient, or the gradient times the input.
+Transform = Literal["gradient", "gradient_x_input"]
+ArrayLike = np.ndarray | tf.Tensor | float | int
+#: ``reduce(activations (B, h, w, K), gradients (B, h, w, K) or None, target ()) -> (B, h, w)``.
+LayerReducer = Callable[[tf.Tensor, tf.Tensor | None, tf.Tensor], tf.Tensor]
+
+#: Input pixels per model call when no batch size is given ("automatic"): 8 images at 224 × 224,
+#: 32 at 96 × 96, 2 at 448 × 448. Measured on two CPU cores (benchmarks/RESULTS.md, "Batch
+#: size"): per-image time is lowest around 8 images for MobileNetV2/ResNet50 at 224 px and grows
+#: again for larger batches (their activations outgrow the CPU caches), while the 96-px demo model
+#: keeps gaining up to 16–32. Memory grows linearly with the batch.
+AUTO_BATCH_PIXELS = 8 * 224 * 224
+#: Most inputs per call in automatic mode.
+MAX_AUTO_BATCH = 32
+
+
+def auto_batch_size(input_shape: tuple[int, ...]) -> int:
+    """Automatic batch size for model inputs of shape (h, w, C): about AUTO_BATCH_PIXELS pixels."""
+    pixels = max(1, int(input_shape[0]) * int(input_shape[1]))
+    return max(1, min(MAX_AUTO_BATCH, AUTO_BATCH_PIXELS // pixels))
+
+
+def resolve_batch_size(batch_size: int | None, input_shape: tuple[int, ...]) -> int:
+    """``batch_size`` when positive, else :func:`auto_batch_size` for inputs (h, w, C)."""
+    return int(batch_size) if batch_size else auto_batch_size(input_shape)
+
+
+def batch_size_param() -> ParamSpec:
+    """The ``batch_size`` parameter of the methods in this package: 0 means automatic."""
+    return ParamSpec(
+        "batch_size",
+        "int",
+        0,
+        "Inputs sent through the model per call; 0 = automatic (about 400 000 input pixels per "
+        "call: 8 images at 224 × 224, 32 at 96 × 96), the fastest on a small CPU. Larger "
+        "batches use more memory.",
+        low=0,
+        high=1024,
+        step=1,
+        advanced=True,
+    )
+
 
 _RELU_NAMES = ("relu", "relu6")
 
@@ -66,7 +115,14 @@ def chunks(n: int, batch_size: int) -> Iterator[slice]:
 
 
 class ModelRunner:
-    """Compiled passes through one model. Thread-safe; holds no per-request state."""
+    """Compiled passes through one model. Thread-safe; holds no per-request state.
+
+    Every compiled function takes two tuples of tensors: *batched* ones, whose first axis runs over
+    the items of the batch, and *shared* ones (the target class, the clean input, …). Each function
+    is traced once per shape of its arguments with the batch axis left free (``None``), so the
+    first batch and a shorter last batch share one graph: a method's first call pays one trace,
+    not one per batch size.
+    """
 
     def __init__(self, bundle: ModelBundle) -> None:
         self._model = bundle.model
@@ -76,7 +132,9 @@ class ModelRunner:
         self._output_layer = bundle.output_layer
         self._lock = threading.Lock()
         self._functions: dict[tuple[Any, ...], Callable[..., Any]] = {}
+        self._concrete: dict[tuple[Any, ...], Any] = {}
         self._predictions: OrderedDict[bytes, tuple[np.ndarray, np.ndarray]] = OrderedDict()
+        self._keys: OrderedDict[int, tuple[weakref.ref[np.ndarray], bytes]] = OrderedDict()
 
     # ------------------------------------------------------------------------------------------
     # The traced computation
@@ -115,7 +173,9 @@ class ModelRunner:
         scores, probs = _class_scores(tf.cast(outputs, tf.float32), self._output_kind)
         return scores, probs, captured.get("activation")
 
-    def _compiled(self, key: tuple[Any, ...], build: Callable[[], Callable[..., Any]]):
+    def _compiled(
+        self, key: tuple[Any, ...], build: Callable[[], Callable[..., Any]]
+    ) -> Callable[..., Any]:
         with self._lock:
             function = self._functions.get(key)
             if function is None:
@@ -123,11 +183,46 @@ class ModelRunner:
                 self._functions[key] = function
             return function
 
+    def _call(
+        self,
+        key: tuple[Any, ...],
+        function: Callable[..., Any],
+        batched: tuple[tf.Tensor, ...],
+        shared: tuple[tf.Tensor, ...] = (),
+    ) -> Any:
+        """``function(batched, shared)`` through its concrete function with the batch axis free.
+
+        Without this, ``reduce_retracing`` traces a batch of 1 exactly and only generalises on the
+        second batch size it meets; for a 150-layer model each trace costs seconds. Calling the
+        concrete function also skips ``tf.function``'s per-call argument matching (about half of
+        its dispatch overhead, which matters for small models).
+        """
+        signature = (
+            key,
+            tuple((tuple(t.shape[1:]), t.dtype) for t in batched),
+            tuple((tuple(t.shape), t.dtype) for t in shared),
+        )
+        concrete = self._concrete.get(signature)
+        if concrete is None:
+            concrete = function.get_concrete_function(
+                tuple(tf.TensorSpec([None, *t.shape[1:]], t.dtype) for t in batched),
+                tuple(tf.TensorSpec(t.shape, t.dtype) for t in shared),
+            )
+            with self._lock:
+                self._concrete[signature] = concrete
+        return concrete(batched, shared)
+
+    def tracing_count(self) -> int:
+        """How many graphs the runner's functions have traced so far (for tests and benchmarks)."""
+        with self._lock:
+            functions = list(self._functions.values())
+        return sum(int(f.experimental_get_tracing_count()) for f in functions)
+
     def _forward_fn(self) -> Callable[..., Any]:
         def build() -> Callable[..., Any]:
             @tf.function(reduce_retracing=True)
-            def forward(x: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
-                scores, probs, _ = self._scores(x)
+            def forward(batched: tuple[tf.Tensor], shared: tuple[()]) -> tuple[tf.Tensor, ...]:
+                scores, probs, _ = self._scores(batched[0])
                 return scores, probs
 
             return forward
@@ -137,12 +232,15 @@ class ModelRunner:
     def _input_gradient_fn(self, guided: bool) -> Callable[..., Any]:
         def build() -> Callable[..., Any]:
             @tf.function(reduce_retracing=True)
-            def input_gradients(x: tf.Tensor, target: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+            def input_gradients(
+                batched: tuple[tf.Tensor], shared: tuple[tf.Tensor]
+            ) -> tuple[tf.Tensor, ...]:
+                x, (target,) = batched[0], shared
                 with tf.GradientTape(watch_accessed_variables=False) as tape:
                     tape.watch(x)
-                    scores, _, _ = self._scores(x, guided=guided)
+                    scores, probs, _ = self._scores(x, guided=guided)
                     score = scores[:, target]
-                return score, tape.gradient(score, x)
+                return scores, probs, tape.gradient(score, x)
 
             return input_gradients
 
@@ -152,13 +250,14 @@ class ModelRunner:
         def build() -> Callable[..., Any]:
             @tf.function(reduce_retracing=True)
             def layer_gradients(
-                x: tf.Tensor, target: tf.Tensor
-            ) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
+                batched: tuple[tf.Tensor], shared: tuple[tf.Tensor]
+            ) -> tuple[tf.Tensor, ...]:
+                x, (target,) = batched[0], shared
                 with tf.GradientTape(watch_accessed_variables=False) as tape:
                     tape.watch(x)  # keeps the activation on the tape; never differentiated
-                    scores, _, activation = self._scores(x, capture=layer)
+                    scores, probs, activation = self._scores(x, capture=layer)
                     score = scores[:, target]
-                return score, activation, tape.gradient(score, activation)
+                return scores, probs, activation, tape.gradient(score, activation)
 
             return layer_gradients
 
@@ -167,13 +266,141 @@ class ModelRunner:
     def _activation_fn(self, layer: str) -> Callable[..., Any]:
         def build() -> Callable[..., Any]:
             @tf.function(reduce_retracing=True)
-            def activations(x: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
-                scores, probs, activation = self._scores(x, capture=layer)
+            def activations(batched: tuple[tf.Tensor], shared: tuple[()]) -> tuple[tf.Tensor, ...]:
+                scores, probs, activation = self._scores(batched[0], capture=layer)
                 return scores, probs, activation
 
             return activations
 
         return self._compiled(("activations", layer), build)
+
+    def _layer_map_fn(
+        self, layer: str, reduce: LayerReducer, needs_gradients: bool
+    ) -> Callable[..., Any]:
+        def build() -> Callable[..., Any]:
+            @tf.function(reduce_retracing=True)
+            def layer_maps(
+                batched: tuple[tf.Tensor], shared: tuple[tf.Tensor]
+            ) -> tuple[tf.Tensor, ...]:
+                x, (target,) = batched[0], shared
+                with tf.GradientTape(watch_accessed_variables=False) as tape:
+                    tape.watch(x)  # keeps the activation on the tape; never differentiated
+                    scores, probs, activation = self._scores(x, capture=layer)
+                    score = scores[:, target]
+                grads = tape.gradient(score, activation) if needs_gradients else None
+                return scores, probs, reduce(activation, grads, target), tf.shape(activation)
+
+            return layer_maps
+
+        return self._compiled(("layer_maps", layer, reduce, needs_gradients), build)
+
+    def _built_forward_fn(self, builder: BatchBuilder) -> Callable[..., Any]:
+        def build() -> Callable[..., Any]:
+            @tf.function(reduce_retracing=True)
+            def built_forward(
+                batched: tuple[tf.Tensor, ...], shared: tuple[tf.Tensor, ...]
+            ) -> tuple[tf.Tensor, ...]:
+                scores, probs, _ = self._scores(builder(*batched, *shared))
+                return scores, probs
+
+            return built_forward
+
+        return self._compiled(("built_forward", builder), build)
+
+    def _built_gradient_fn(
+        self, builder: BatchBuilder, guided: bool, transform: Transform, squared: bool
+    ) -> Callable[..., Any]:
+        def build() -> Callable[..., Any]:
+            @tf.function(reduce_retracing=True)
+            def built_gradients(
+                batched: tuple[tf.Tensor, ...], shared: tuple[tf.Tensor, ...]
+            ) -> tuple[tf.Tensor, tf.Tensor]:
+                weights, *items = batched
+                target, *rest = shared
+                inputs = builder(*items, *rest)
+                with tf.GradientTape(watch_accessed_variables=False) as tape:
+                    tape.watch(inputs)
+                    scores, _, _ = self._scores(inputs, guided=guided)
+                    score = scores[:, target]
+                # Items are independent (inference mode), so the gradient of the summed score
+                # holds each item's own gradient.
+                attribution = tape.gradient(score, inputs)
+                if transform == "gradient_x_input":
+                    attribution = attribution * inputs
+                if squared:
+                    attribution = tf.square(attribution)
+                return score, tf.tensordot(weights, attribution, axes=1)
+
+            return built_gradients
+
+        return self._compiled(("built_gradients", builder, guided, transform, squared), build)
+
+    # ------------------------------------------------------------------------------------------
+    # The prediction memo
+    # ------------------------------------------------------------------------------------------
+    def _memo_key(self, x: np.ndarray) -> bytes:
+        """Digest of the input's bytes and shape.
+
+        An array that owns its data and is read-only (``explain()`` freezes its model input) cannot
+        change, so its digest is remembered by identity: one explanation hashes its input once,
+        not once per pass plus once for the prediction.
+        """
+        frozen = not x.flags.writeable and x.base is None
+        if frozen:
+            with self._lock:
+                known = self._keys.get(id(x))
+            if known is not None and known[0]() is x:
+                return known[1]
+        array = np.ascontiguousarray(x, np.float32)
+        # SHA-256 runs on the CPU's SHA extensions where present: 2–3× quicker than BLAKE2 here.
+        key = hashlib.sha256(array.data).digest() + repr(array.shape).encode()
+        if frozen:
+            with self._lock:
+                self._keys[id(x)] = (weakref.ref(x), key)
+                while len(self._keys) > 8:
+                    self._keys.popitem(last=False)
+        return key
+
+    def _remember(self, x: np.ndarray, scores: tf.Tensor, probs: tf.Tensor) -> None:
+        """Memoise the prediction of a single input that a pass has just computed anyway.
+
+        Every single-image pass (a gradient, a layer's activations) runs the model forward on the
+        clean input, so :meth:`predict` for that input can be answered without another forward.
+        """
+        if len(x) != 1:
+            return
+        self._store(self._memo_key(x), (scores.numpy(), probs.numpy()))
+
+    def _store(self, key: bytes, result: tuple[np.ndarray, np.ndarray]) -> None:
+        with self._lock:
+            self._predictions[key] = result
+            self._predictions.move_to_end(key)
+            while len(self._predictions) > 16:
+                self._predictions.popitem(last=False)
+
+    def predict(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Like :meth:`forward` for one input (1, h, w, C), memoised by the input's bytes.
+
+        Every explanation needs the clean input's prediction (top-1 class, reported score); a user
+        comparing methods on one image pays that forward pass once, not once per method, and a
+        method whose own passes include the clean input fills the memo for free. The memo holds
+        the last 16 inputs' predictions (a few floats each).
+        """
+        key = self._memo_key(x)
+        with self._lock:
+            hit = self._predictions.get(key)
+            if hit is not None:
+                self._predictions.move_to_end(key)
+                return hit
+        result = self.forward(x)
+        self._store(key, result)
+        return result
+
+    def cached_prediction(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
+        """The memoised prediction of input (1, h, w, C), or None (never runs the model)."""
+        key = self._memo_key(x)
+        with self._lock:
+            return self._predictions.get(key)
 
     # ------------------------------------------------------------------------------------------
     # Batched numpy API
@@ -182,38 +409,20 @@ class ModelRunner:
         self,
         x: np.ndarray,
         *,
-        batch_size: int = 32,
+        batch_size: int | None = None,
         progress: ProgressCallback | None = None,
         message: str = "forward passes",
     ) -> tuple[np.ndarray, np.ndarray]:
         """Class scores and probabilities, each float32 (N, n_classes), for inputs (N, h, w, C)."""
         function = self._forward_fn()
         scores, probs = [], []
-        for part in _progress_chunks(len(x), batch_size, progress, message):
-            s, p = function(tf.constant(x[part], tf.float32))
+        for part in _progress_chunks(
+            len(x), resolve_batch_size(batch_size, x.shape[1:]), progress, message
+        ):
+            s, p = self._call(("forward",), function, (tf.constant(x[part], tf.float32),))
             scores.append(s.numpy())
             probs.append(p.numpy())
-        return np.concatenate(scores), np.concatenate(probs)
-
-    def predict(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Like :meth:`forward` for one input (1, h, w, C), memoised by the input's bytes.
-
-        Every explanation starts with the clean input's prediction (top-1 class, reported score);
-        a user comparing methods on one image pays that forward pass once, not once per method.
-        The memo holds the last few inputs only (a few floats each).
-        """
-        key = hashlib.blake2b(x.tobytes(), digest_size=16).digest() + repr(x.shape).encode()
-        with self._lock:
-            hit = self._predictions.get(key)
-            if hit is not None:
-                self._predictions.move_to_end(key)
-                return hit
-        result = self.forward(x)
-        with self._lock:
-            self._predictions[key] = result
-            while len(self._predictions) > 16:
-                self._predictions.popitem(last=False)
-        return result
+        return _join(scores), _join(probs)
 
     def input_gradients(
         self,
@@ -221,38 +430,173 @@ class ModelRunner:
         target: int,
         *,
         guided: bool = False,
-        batch_size: int = 32,
+        batch_size: int | None = None,
         progress: ProgressCallback | None = None,
         message: str = "gradients",
     ) -> tuple[np.ndarray, np.ndarray]:
         """Target scores (N,) and their gradients w.r.t. the inputs (N, h, w, C), float32."""
+        key = ("input_gradients", guided)
         function = self._input_gradient_fn(guided)
         target_t = tf.constant(target, tf.int32)
         scores, grads = [], []
-        for part in _progress_chunks(len(x), batch_size, progress, message):
-            s, g = function(tf.constant(x[part], tf.float32), target_t)
-            scores.append(s.numpy())
+        for part in _progress_chunks(
+            len(x), resolve_batch_size(batch_size, x.shape[1:]), progress, message
+        ):
+            s, p, g = self._call(key, function, (tf.constant(x[part], tf.float32),), (target_t,))
+            self._remember(x, s, p)
+            scores.append(s.numpy()[:, target])
             grads.append(g.numpy())
-        return np.concatenate(scores), np.concatenate(grads)
+        return _join(scores), _join(grads)
 
     def layer_gradients(
-        self, x: np.ndarray, target: int, layer: str, *, batch_size: int = 32
+        self, x: np.ndarray, target: int, layer: str, *, batch_size: int | None = None
     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Target scores (N,), activations A (N, h, w, K) and dScore/dA (N, h, w, K)."""
+        key = ("layer_gradients", layer)
         function = self._layer_gradient_fn(layer)
         target_t = tf.constant(target, tf.int32)
-        parts = [
-            function(tf.constant(x[p], tf.float32), target_t) for p in chunks(len(x), batch_size)
-        ]
-        return tuple(np.concatenate([part[i].numpy() for part in parts]) for i in range(3))  # type: ignore[return-value]
+        parts = []
+        for part in chunks(len(x), resolve_batch_size(batch_size, x.shape[1:])):
+            s, p, a, g = self._call(key, function, (tf.constant(x[part], tf.float32),), (target_t,))
+            self._remember(x, s, p)
+            parts.append((s.numpy()[:, target], a.numpy(), g.numpy()))
+        return tuple(_join([part[i] for part in parts]) for i in range(3))  # type: ignore[return-value]
 
     def activations(
-        self, x: np.ndarray, layer: str, *, batch_size: int = 32
+        self, x: np.ndarray, layer: str, *, batch_size: int | None = None
     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Class scores, probabilities (N, n_classes) and the layer's activations (N, h, w, K)."""
+        key = ("activations", layer)
         function = self._activation_fn(layer)
-        parts = [function(tf.constant(x[p], tf.float32)) for p in chunks(len(x), batch_size)]
-        return tuple(np.concatenate([part[i].numpy() for part in parts]) for i in range(3))  # type: ignore[return-value]
+        parts = []
+        for part in chunks(len(x), resolve_batch_size(batch_size, x.shape[1:])):
+            s, p, a = self._call(key, function, (tf.constant(x[part], tf.float32),))
+            self._remember(x, s, p)
+            parts.append((s.numpy(), p.numpy(), a.numpy()))
+        return tuple(_join([part[i] for part in parts]) for i in range(3))  # type: ignore[return-value]
+
+    def layer_maps(
+        self,
+        x: np.ndarray,
+        target: int,
+        layer: str,
+        reduce: LayerReducer,
+        *,
+        needs_gradients: bool,
+        batch_size: int | None = None,
+    ) -> tuple[np.ndarray, tuple[int, int, int]]:
+        """Maps (N, h, w), float32, that ``reduce`` makes from a layer's activations (and, with
+        ``needs_gradients``, dScore/dA) inside the compiled pass, and the layer's (h, w, K).
+
+        The CAM family's weighting and channel sum run in the graph: only the (h, w) map per
+        image comes back, not two (h, w, K) arrays. ``reduce`` is a pure TensorFlow function and
+        part of the compiled function's cache key (build it once per bundle).
+        """
+        key = ("layer_maps", layer, reduce, needs_gradients)
+        function = self._layer_map_fn(layer, reduce, needs_gradients)
+        target_t = tf.constant(target, tf.int32)
+        maps, shape = [], (0, 0, 0)
+        for part in chunks(len(x), resolve_batch_size(batch_size, x.shape[1:])):
+            s, p, m, full_shape = self._call(
+                key, function, (tf.constant(x[part], tf.float32),), (target_t,)
+            )
+            self._remember(x, s, p)
+            maps.append(m.numpy())
+            shape = tuple(int(d) for d in full_shape.numpy()[1:])
+        return _join(maps), shape  # type: ignore[return-value]
+
+    # ------------------------------------------------------------------------------------------
+    # Batches built inside the compiled function
+    # ------------------------------------------------------------------------------------------
+    def built_forward(
+        self,
+        builder: BatchBuilder,
+        batched: tuple[ArrayLike, ...],
+        shared: tuple[ArrayLike, ...] = (),
+        *,
+        batch_size: int,
+        progress: ProgressCallback | None = None,
+        message: str = "forward passes",
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Scores and probabilities, float32 (N, n_classes), of the inputs ``builder`` makes.
+
+        ``builder(*batched_slice, *shared)`` runs inside the compiled function and returns the
+        model inputs (B, h, w, C) for one slice of the ``batched`` arrays (each with N items on
+        its first axis). Perturbation methods describe their inputs compactly (patch corners,
+        low-resolution masks) and the full-size images exist only inside the graph: no Python
+        loop per item and no image-sized NumPy↔TensorFlow copies. ``builder`` must be a pure
+        TensorFlow function, defined once (it is part of the compiled function's cache key).
+        """
+        function = self._built_forward_fn(builder)
+        batched_t = tuple(_tensor(a) for a in batched)
+        shared_t = tuple(_tensor(a) for a in shared)
+        n = int(batched_t[0].shape[0])
+        scores, probs = [], []
+        for part in _progress_chunks(n, batch_size, progress, message):
+            s, p = self._call(
+                ("built_forward", builder),
+                function,
+                tuple(t[part] for t in batched_t),
+                shared_t,
+            )
+            scores.append(s.numpy())
+            probs.append(p.numpy())
+        return _join(scores), _join(probs)
+
+    def built_gradients(
+        self,
+        builder: BatchBuilder,
+        target: int,
+        weights: ArrayLike,
+        batched: tuple[ArrayLike, ...],
+        shared: tuple[ArrayLike, ...] = (),
+        *,
+        guided: bool = False,
+        transform: Transform = "gradient",
+        squared: bool = False,
+        batch_size: int,
+        progress: ProgressCallback | None = None,
+        message: str = "gradients",
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Σ_i w_i · T(∂S_target/∂x_i) over the N inputs x_i that ``builder`` makes.
+
+        ``T`` is the gradient itself or the gradient times the input (``transform``), squared
+        when ``squared``. Returns the target scores of the inputs, float32 (N,), and the weighted
+        sum, float32 (h, w, C). The reduction happens in the graph, so only one image-sized
+        array per batch comes back to NumPy (Integrated Gradients' path points and SmoothGrad's
+        noisy copies are generated, differentiated and summed in TensorFlow).
+        """
+        function = self._built_gradient_fn(builder, guided, transform, squared)
+        key = ("built_gradients", builder, guided, transform, squared)
+        weights_t = _tensor(weights)
+        batched_t = tuple(_tensor(a) for a in batched)
+        shared_t = (tf.constant(target, tf.int32), *(_tensor(a) for a in shared))
+        scores, total = [], None
+        for part in _progress_chunks(int(weights_t.shape[0]), batch_size, progress, message):
+            s, summed = self._call(
+                key, function, (weights_t[part], *(t[part] for t in batched_t)), shared_t
+            )
+            scores.append(s.numpy())
+            total = summed if total is None else total + summed
+        assert total is not None
+        return _join(scores), total.numpy()
+
+
+def _join(parts: list[np.ndarray]) -> np.ndarray:
+    """The batches' results as one array (no copy for a single batch)."""
+    return parts[0] if len(parts) == 1 else np.concatenate(parts)
+
+
+def _tensor(value: ArrayLike) -> tf.Tensor:
+    """``value`` as a tensor; float64 arrays become float32, integer arrays int32."""
+    if isinstance(value, tf.Tensor):
+        return value
+    array = np.asarray(value)
+    if array.dtype.kind == "f":
+        return tf.constant(array, tf.float32)
+    if array.dtype.kind in "iub":
+        return tf.constant(array, tf.int32)
+    return tf.constant(array)
 
 
 def _progress_chunks(

@@ -39,9 +39,12 @@ class Explanation:
     extras: dict[str, Any] = field(default_factory=dict)
 
 
-def resolve_target(bundle: ModelBundle, probs: np.ndarray, target: int | str | None) -> int:
-    """The class index to explain: top-1 when ``target`` is None; a class name is accepted."""
+def resolve_target(bundle: ModelBundle, probs: np.ndarray | None, target: int | str | None) -> int:
+    """The class index to explain: top-1 of ``probs`` (n_classes,) when ``target`` is None; a
+    class name is accepted. ``probs`` is only read when ``target`` is None."""
     if target is None:
+        if probs is None:
+            raise ValueError("resolve_target needs the probabilities to pick the top-1 class")
         return int(np.argmax(probs))
     if isinstance(target, str) and not target.strip().lstrip("-").isdigit():
         if target in bundle.class_names:
@@ -60,6 +63,15 @@ def resolve_target(bundle: ModelBundle, probs: np.ndarray, target: int | str | N
             f"(0..{bundle.n_classes - 1})"
         )
     return index
+
+
+def _checked_probs(probs: np.ndarray) -> np.ndarray:
+    if not np.all(np.isfinite(probs)):
+        raise ExplainerError(
+            "the model's output for this image is not a number (NaN or inf); "
+            "check the model and the preprocessing"
+        )
+    return probs
 
 
 def explain(
@@ -120,13 +132,14 @@ def explain(
     image = check_image_array(image)
     resized = bundle.resize(image)
     x = bundle.preprocess(resized)[None].astype(np.float32)
-    _, probs = bundle.runner.predict(x)
-    if not np.all(np.isfinite(probs)):
-        raise ExplainerError(
-            "the model's output for this image is not a number (NaN or inf); "
-            "check the model and the preprocessing"
-        )
-    target_index = resolve_target(bundle, probs[0], target)
+    x.flags.writeable = False  # one digest for the prediction memo per explanation
+    runner = bundle.runner
+    # The clean prediction (top-1 class, reported score) is memoised per input. With an explicit
+    # target it is looked up only after the method ran: every method whose passes include the
+    # clean input (gradients, CAM family, occlusion's reference) fills the memo, so a new image
+    # costs no forward pass beyond the method's own.
+    probs = _checked_probs(runner.predict(x)[1]) if target is None else None
+    target_index = resolve_target(bundle, probs[0] if probs is not None else None, target)
     request = ExplainRequest(
         bundle=bundle,
         image=resized,
@@ -142,6 +155,8 @@ def explain(
         raw, extras = compute_with_tf_explain(spec.name, request)
     else:
         raw, extras = spec.compute(request)
+    if probs is None:
+        probs = _checked_probs(runner.predict(x)[1])
     raw = np.asarray(raw, np.float32)
     if not np.all(np.isfinite(raw)):
         raise ExplainerError(f"{spec.label} produced non-finite values for this model and image")

@@ -8,28 +8,31 @@ runner's one compiled, batched gradient function; the registered method reduces 
 
 from __future__ import annotations
 
+import threading
+from collections import OrderedDict
 from collections.abc import Callable
 from typing import Any
 
 import numpy as np
+import tensorflow as tf
 from PIL import Image, ImageFilter
 
-from .compute import ProgressCallback
-from .registry import ExplainRequest, MethodSpec, ParamSpec, batch_size_param, register
+from .compute import ProgressCallback, Transform, batch_size_param, chunks, resolve_batch_size
+from .registry import ExplainRequest, MethodSpec, ParamSpec, register
 
 #: ``attribution(request, x, progress) -> (N, h, w, C)`` for inputs x of shape (N, h, w, C).
 InputAttribution = Callable[[ExplainRequest, np.ndarray, ProgressCallback | None], np.ndarray]
+
+
+def _batch_size(request: ExplainRequest) -> int:
+    return resolve_batch_size(request.params.get("batch_size"), request.x.shape[1:])
 
 
 def _gradients(
     request: ExplainRequest, x: np.ndarray, progress: ProgressCallback | None, guided: bool = False
 ) -> np.ndarray:
     _, grads = request.bundle.runner.input_gradients(
-        x,
-        request.target,
-        guided=guided,
-        batch_size=int(request.params.get("batch_size", 32)),
-        progress=progress,
+        x, request.target, guided=guided, batch_size=_batch_size(request), progress=progress
     )
     return grads
 
@@ -105,6 +108,15 @@ def baseline_pixels(name: str, image: np.ndarray, seed: int = 0) -> np.ndarray:
     raise ValueError(f"unknown baseline {name!r}")
 
 
+def path_points(alphas: tf.Tensor, x: tf.Tensor, x_ref: tf.Tensor) -> tf.Tensor:
+    """Points x′ + α_k (x − x′) on the straight path, float32 (K, h, w, C), for α (K,).
+
+    Built inside the runner's compiled gradient function, so the K path images never exist in
+    NumPy.
+    """
+    return x_ref[None] + alphas[:, None, None, None] * (x - x_ref)[None]
+
+
 def integrated_gradients_batch(
     request: ExplainRequest,
     x: np.ndarray,
@@ -114,7 +126,11 @@ def integrated_gradients_batch(
     rule: str | None = None,
     baseline: str | None = None,
 ) -> np.ndarray:
-    """(x − x′) ⊙ Σ_k w_k ∂S_c/∂x(x′ + α_k (x − x′)) for each input (Sundararajan et al. 2017)."""
+    """(x − x′) ⊙ Σ_k w_k ∂S_c/∂x(x′ + α_k (x − x′)) for each input (Sundararajan et al. 2017).
+
+    The weighted sum over the path runs in the compiled gradient function (one batch of path
+    points per model call); only the (h, w, C) sum comes back per batch.
+    """
     params = request.params
     steps = int(steps or params.get("steps", 32))
     rule = rule or params.get("rule", "gauss_legendre")
@@ -122,23 +138,94 @@ def integrated_gradients_batch(
     alphas, weights = quadrature(rule, steps)
     seed = int(params.get("seed", 0))
     x_ref = request.bundle.preprocess(baseline_pixels(baseline, request.image, seed))
+    x_ref_t = tf.constant(x_ref, tf.float32)
     out = np.empty_like(x)
     for i, xi in enumerate(x):
-        path = x_ref + alphas[:, None, None, None].astype(np.float32) * (xi - x_ref)
         sub = None
         if progress is not None:
 
             def sub(f: float, msg: str, i: int = i) -> None:
                 progress((i + f) / len(x), f"integrated gradients: sample {i + 1}/{len(x)}")
 
-        grads = _gradients(request, path.astype(np.float32), sub)
-        out[i] = (xi - x_ref) * np.tensordot(weights, grads, axes=1)
+        _, summed = request.bundle.runner.built_gradients(
+            path_points,
+            request.target,
+            weights.astype(np.float32),
+            (alphas.astype(np.float32),),
+            (tf.constant(xi, tf.float32), x_ref_t),
+            batch_size=_batch_size(request),
+            progress=sub,
+            message="integrated gradients",
+        )
+        out[i] = (xi - x_ref) * summed
     return out
 
 
 # ------------------------------------------------------------------------------------------------
 # SmoothGrad
 # ------------------------------------------------------------------------------------------------
+#: Noisy samples drawn per generator call. Sample i's noise is row i % NOISE_BLOCK of block
+#: i // NOISE_BLOCK, so it does not depend on how the samples are batched.
+NOISE_BLOCK = 16
+#: Blocks of standard normal noise kept for reuse (they depend only on seed, block and shape).
+NOISE_CACHE_BYTES = 64 * 2**20
+_noise_blocks: OrderedDict[tuple[int, int, tuple[int, ...]], tf.Tensor] = OrderedDict()
+_noise_lock = threading.Lock()
+
+
+def _noise_block(seed: int, block: int, shape: tuple[int, ...]) -> tf.Tensor:
+    key = (seed, block, shape)
+    with _noise_lock:
+        hit = _noise_blocks.get(key)
+        if hit is not None:
+            _noise_blocks.move_to_end(key)
+            return hit
+    # TensorFlow's counter-based (Philox) stateless generator: the same block for the same
+    # (seed, block) on every machine and in every process.
+    values = tf.random.stateless_normal((NOISE_BLOCK, *shape), seed=[seed, block])
+    block_bytes = NOISE_BLOCK * int(np.prod(shape)) * 4
+    with _noise_lock:
+        _noise_blocks[key] = values
+        # Keep as many of the most recent blocks as fit in the budget (maybe none).
+        while len(_noise_blocks) * block_bytes > NOISE_CACHE_BYTES or any(
+            int(np.prod(k[2])) != int(np.prod(shape)) for k in _noise_blocks
+        ):
+            _noise_blocks.popitem(last=False)
+            if not _noise_blocks:
+                break
+    return values
+
+
+def standard_noise(seed: int, start: int, stop: int, shape: tuple[int, ...]) -> tf.Tensor:
+    """N(0, 1) noise for samples ``start`` … ``stop − 1``, float32 (stop − start, *shape).
+
+    The noise depends only on (seed, sample index, shape), not on the image or the batching, so
+    its blocks are drawn once and kept (LRU, at most :data:`NOISE_CACHE_BYTES`): a second
+    SmoothGrad with the same seed, on any image, draws nothing. Drawing costs about as much as
+    a few forward passes of a small model (≈ 20 ns per value on two CPU cores).
+    """
+    shape = tuple(int(d) for d in shape)
+    first, last = start // NOISE_BLOCK, (stop - 1) // NOISE_BLOCK
+    blocks = [_noise_block(seed, block, shape) for block in range(first, last + 1)]
+    values = blocks[0] if len(blocks) == 1 else tf.concat(blocks, axis=0)
+    offset = start - first * NOISE_BLOCK
+    return values[offset : offset + stop - start]
+
+
+def noisy_inputs(noise: tf.Tensor, x: tf.Tensor, sigma: tf.Tensor) -> tf.Tensor:
+    """x + σ · noise for standard normal ``noise`` (B, h, w, C): float32 (B, h, w, C)."""
+    return x[None] + sigma * noise
+
+
+#: Bases SmoothGrad can average, with how the runner computes each from a batch of noisy copies:
+#: (guided ReLUs, what is summed). Integrated Gradients is a path per copy, handled separately.
+_NOISE_BASES: dict[str, tuple[bool, Transform]] = {
+    "vanilla_gradients": (False, "gradient"),
+    "gradient_x_input": (False, "gradient_x_input"),
+    "guided_backprop": (True, "gradient"),
+}
+
+
 SMOOTHABLE: dict[str, InputAttribution] = {
     "vanilla_gradients": vanilla_gradients,
     "gradient_x_input": gradient_x_input,
@@ -159,17 +246,42 @@ def smoothgrad_attribution(request: ExplainRequest, x: np.ndarray, progress=None
 
     σ = noise_level × (max(x) − min(x)) of the model input, as the paper recommends (10–20%).
     With ``squared`` the attributions are squared before averaging (SmoothGrad², Hooker et al.).
+    Returns float32 (1, h, w, C).
     """
     params = request.params
-    base = SMOOTHABLE[params["base"]]
     n = int(params["n_samples"])
+    seed = int(params["seed"])
     sigma = float(params["noise_level"]) * float(x.max() - x.min() or 1.0)
-    rng = np.random.default_rng(int(params["seed"]))
-    noisy = x[0][None] + rng.normal(0.0, sigma, (n, *x.shape[1:])).astype(np.float32)
-    attributions = base(request, noisy.astype(np.float32), progress)
-    if params["squared"]:
-        attributions = attributions**2
-    return attributions.mean(axis=0, keepdims=True)
+    shape = x.shape[1:]
+    x0 = tf.constant(x[0], tf.float32)
+    sigma_t = tf.constant(sigma, tf.float32)
+    squared = bool(params["squared"])
+    if params["base"] not in _NOISE_BASES:  # Integrated Gradients: a path per noisy copy
+        noisy = (x0[None] + sigma_t * standard_noise(seed, 0, n, shape)).numpy()
+        attributions = SMOOTHABLE[params["base"]](request, noisy, progress)
+        if squared:
+            attributions = attributions**2
+        return attributions.mean(axis=0, keepdims=True)
+    guided, transform = _NOISE_BASES[params["base"]]
+    batch_size = _batch_size(request)
+    weights = np.full(n, 1.0 / n, np.float32)
+    total = np.zeros(shape, np.float64)
+    for part in chunks(n, batch_size):
+        _, summed = request.bundle.runner.built_gradients(
+            noisy_inputs,
+            request.target,
+            weights[part],
+            (standard_noise(seed, part.start, part.stop, shape),),
+            (x0, sigma_t),
+            guided=guided,
+            transform=transform,
+            squared=squared,
+            batch_size=batch_size,
+        )
+        total += summed
+        if progress is not None:
+            progress(part.stop / n, f"SmoothGrad: {part.stop}/{n} samples")
+    return total[None].astype(np.float32)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -188,12 +300,16 @@ def _integrated_gradients_compute(request: ExplainRequest) -> tuple[np.ndarray, 
     x_ref = request.bundle.preprocess(
         baseline_pixels(request.params["baseline"], request.image, request.params["seed"])
     )
-    scores, _ = request.bundle.runner.forward(np.stack([request.x[0], x_ref]))
-    delta = float(scores[0, request.target] - scores[1, request.target])
+    # Both end points' scores come from the runner's prediction memo: explain() has usually
+    # predicted the input already, and a fixed baseline (black, gray, …) is predicted once.
+    runner = request.bundle.runner
+    score_input = float(runner.predict(request.x)[0][0, request.target])
+    score_baseline = float(runner.predict(x_ref[None].astype(np.float32))[0][0, request.target])
+    delta = score_input - score_baseline
     total = float(values.sum())
     extras = {
-        "score_input": float(scores[0, request.target]),
-        "score_baseline": float(scores[1, request.target]),
+        "score_input": score_input,
+        "score_baseline": score_baseline,
         "attribution_sum": total,
         "completeness_gap": total - delta,
         "completeness_relative_error": abs(total - delta) / max(abs(delta), 1e-12),

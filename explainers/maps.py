@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from functools import lru_cache
+
 import numpy as np
 from PIL import Image
 
@@ -10,14 +12,52 @@ def resize_map(values: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     """Bilinear resize of a float map (h, w) to ``size`` = (H, W); float32, half-pixel centres.
 
     Half-pixel-centred sampling (as cv2/PIL do) keeps each coarse cell centred over the image region
-    it summarises, so a 12×12 Grad-CAM lines up with the 96×96 image it came from.
+    it summarises, so a 12×12 Grad-CAM lines up with the 96×96 image it came from. The numbers are
+    Pillow's ``Image.resize(BILINEAR)`` on a mode-"F" image (antialiased when shrinking), computed
+    for small maps (CAM grids) as two small matrix products (columns, then rows, as Pillow orders
+    its passes), which is quicker than a round trip through a Pillow image; larger maps go through
+    Pillow, whose banded kernels beat dense products there.
     """
     values = np.asarray(values, np.float32)
     height, width = int(size[0]), int(size[1])
     if values.shape == (height, width):
         return values.copy()
-    resized = Image.fromarray(values, mode="F").resize((width, height), Image.BILINEAR)
-    return np.asarray(resized, np.float32)
+    if max(values.shape) > _SMALL_MAP:
+        resized = Image.fromarray(values, mode="F").resize((width, height), Image.BILINEAR)
+        return np.asarray(resized, np.float32)
+    out = values.astype(np.float64)
+    if width != values.shape[1]:  # Pillow resamples horizontally first, rounding to float32
+        out = (out @ _bilinear_matrix(values.shape[1], width).T).astype(np.float32)
+    if height != values.shape[0]:
+        out = (_bilinear_matrix(values.shape[0], height) @ out.astype(np.float64)).astype(
+            np.float32
+        )
+    return np.ascontiguousarray(out, np.float32)
+
+
+#: Largest map side resized by matrix products (above it, Pillow's banded kernels are faster).
+_SMALL_MAP = 64
+
+
+@lru_cache(maxsize=64)
+def _bilinear_matrix(n_in: int, n_out: int) -> np.ndarray:
+    """Pillow's bilinear resampling from ``n_in`` to ``n_out`` samples as a (n_out, n_in) float64
+    matrix (libImaging/Resample.c, ``precompute_coeffs`` with the triangle filter): the filter is
+    stretched by the scale when shrinking, and each row's weights are normalised to sum to 1."""
+    scale = n_in / n_out
+    filter_scale = max(scale, 1.0)
+    support = 1.0 * filter_scale
+    matrix = np.zeros((n_out, n_in), np.float64)
+    for out_index in range(n_out):
+        center = (out_index + 0.5) * scale
+        low = max(int(center - support + 0.5), 0)
+        high = min(int(center + support + 0.5), n_in)
+        taps = np.arange(low, high)
+        weights = np.maximum(0.0, 1.0 - np.abs((taps - center + 0.5) / filter_scale))
+        total = weights.sum()
+        matrix[out_index, low:high] = weights / total if total != 0.0 else weights
+    matrix.setflags(write=False)
+    return matrix
 
 
 def gaussian_blur(values: np.ndarray, sigma: float) -> np.ndarray:

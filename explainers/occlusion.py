@@ -1,15 +1,18 @@
 """Occlusion sensitivity (Zeiler & Fergus 2014): slide a patch over the image and record how much
-the class probability drops. Patches go through the model in batches built lazily, so memory stays
-at one batch whatever the image size."""
+the class probability drops. Each batch of occluded images is built from its patch corners inside
+the runner's compiled forward, so memory stays at one batch whatever the image size and no Python
+runs per patch."""
 
 from __future__ import annotations
 
 from typing import Any
 
 import numpy as np
+import tensorflow as tf
 from PIL import Image, ImageFilter
 
-from .registry import ExplainRequest, MethodSpec, ParamSpec, batch_size_param, register
+from .compute import batch_size_param, resolve_batch_size
+from .registry import ExplainRequest, MethodSpec, ParamSpec, register
 
 FILLS = ("gray", "black", "mean", "blur")
 
@@ -39,6 +42,47 @@ def _fill_pixels(name: str, image: np.ndarray) -> np.ndarray:
     raise ValueError(f"unknown fill {name!r}")
 
 
+def occluded_inputs(
+    corners: tf.Tensor, x: tf.Tensor, fill: tf.Tensor, patch: tf.Tensor
+) -> tf.Tensor:
+    """Copies of x, float32 (B, h, w, C), each with one patch replaced by the fill.
+
+    ``corners`` (B, 2) are the patches' top-left (row, column) offsets and ``patch`` (2,) their
+    (height, width); every patch lies inside the image. Built inside the runner's compiled
+    forward from the corners alone: B copies of x, then the B × ph × pw patch pixels scattered in
+    (a masked ``where`` over the whole batch costs 2–3× more on CPU). No Python per patch.
+    """
+    n = tf.shape(corners)[0]
+    offset_rows, offset_cols = tf.meshgrid(tf.range(patch[0]), tf.range(patch[1]), indexing="ij")
+    rows = corners[:, 0, None, None] + offset_rows[None]  # (B, ph, pw)
+    cols = corners[:, 1, None, None] + offset_cols[None]
+    items = tf.broadcast_to(tf.range(n)[:, None, None], tf.shape(rows))
+    pixels = tf.stack([rows, cols], axis=-1)  # (B, ph, pw, 2)
+    copies = tf.broadcast_to(x[None], tf.concat([[n], tf.shape(x)], axis=0))
+    return tf.tensor_scatter_nd_update(
+        copies, tf.concat([items[..., None], pixels], axis=-1), tf.gather_nd(fill, pixels)
+    )
+
+
+def box_sums(
+    shape: tuple[int, int], corners: np.ndarray, size: tuple[int, int], values: np.ndarray
+) -> np.ndarray:
+    """Σ_k values_k · 1[pixel in box k], float64 (h, w), for boxes of one ``size`` at ``corners``.
+
+    A summed-area (difference array) construction: ±value at each box's four corners, then a
+    cumulative sum along both axes; O(boxes + pixels) with no loop over boxes.
+    """
+    h, w = shape
+    ph, pw = size
+    diff = np.zeros((h + 1, w + 1), np.float64)
+    r, c = corners[:, 0], corners[:, 1]
+    np.add.at(diff, (r, c), values)
+    np.add.at(diff, (r, c + pw), -values)
+    np.add.at(diff, (r + ph, c), -values)
+    np.add.at(diff, (r + ph, c + pw), values)
+    return diff.cumsum(axis=0).cumsum(axis=1)[:h, :w]
+
+
 def occlusion_map(request: ExplainRequest) -> tuple[np.ndarray, dict[str, Any]]:
     """Mean score drop over all patches covering each pixel, float32 (h, w) at model resolution.
 
@@ -50,30 +94,30 @@ def occlusion_map(request: ExplainRequest) -> tuple[np.ndarray, dict[str, Any]]:
     h, w = x.shape[:2]
     patch = int(params["patch_size"])
     stride = int(params["stride"]) or patch
-    batch_size = int(params["batch_size"])
     use_logit = params["score"] == "logit"
     filled = bundle.preprocess(_fill_pixels(params["fill"], request.image))
-    corners = [
-        (r, c) for r in patch_positions(h, patch, stride) for c in patch_positions(w, patch, stride)
-    ]
-    scores, probs = bundle.runner.forward(request.x)
-    reference = (scores if use_logit else probs)[0, request.target]
-    total = np.zeros((h, w), np.float64)
-    count = np.zeros((h, w), np.float64)
+    rows, cols = patch_positions(h, patch, stride), patch_positions(w, patch, stride)
+    corners = np.array([(r, c) for r in rows for c in cols], np.int32).reshape(-1, 2)
     ph, pw = min(patch, h), min(patch, w)
-    for start in range(0, len(corners), batch_size):
-        part = corners[start : start + batch_size]
-        batch = np.repeat(x[None], len(part), axis=0)
-        for i, (r, c) in enumerate(part):
-            batch[i, r : r + ph, c : c + pw] = filled[r : r + ph, c : c + pw]
-        s, p = bundle.runner.forward(batch, batch_size=batch_size)
-        drops = reference - (s if use_logit else p)[:, request.target]
-        for (r, c), drop in zip(part, drops, strict=True):
-            total[r : r + ph, c : c + pw] += drop
-            count[r : r + ph, c : c + pw] += 1
-        done = start + len(part)
-        request.report(done / len(corners), f"occlusion: {done}/{len(corners)} patches")
-    sensitivity = np.divide(total, count, out=np.zeros_like(total), where=count > 0)
+    scores, probs = bundle.runner.predict(request.x)  # memoised: explain() predicted it already
+    reference = (scores if use_logit else probs)[0, request.target]
+    s, p = bundle.runner.built_forward(
+        occluded_inputs,
+        (corners,),
+        (
+            tf.constant(x, tf.float32),
+            tf.constant(filled, tf.float32),
+            tf.constant([ph, pw], tf.int32),
+        ),
+        batch_size=resolve_batch_size(params["batch_size"], x.shape),
+        progress=request.progress,
+        message="occlusion patches",
+    )
+    drops = reference.astype(np.float64) - (s if use_logit else p)[:, request.target]
+    total = box_sums((h, w), corners, (ph, pw), drops)
+    count = box_sums((h, w), corners, (ph, pw), np.ones(len(corners)))
+    # Counts are exact small integers; the totals' round-off is ~1e-16 relative.
+    sensitivity = np.divide(total, count, out=np.zeros_like(total), where=count > 0.5)
     return sensitivity.astype(np.float32), {"patches": len(corners)}
 
 

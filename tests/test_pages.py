@@ -85,7 +85,7 @@ def test_explain_method_change_updates_result(app):
     assert count("explain:occlusion") == before + 1
     # Its parameters are generated from the ParamSpecs; advanced ones are there too.
     assert app.number_input(key="explain_occlusion_patch_size").value == 16
-    assert app.number_input(key="explain_occlusion_batch_size").value == 32
+    assert app.number_input(key="explain_occlusion_batch_size").value == 0  # 0 = automatic
     # A compute parameter recomputes; the same parameters again come from the cache.
     app.number_input(key="explain_occlusion_patch_size").set_value(8).run()
     assert_clean(app)
