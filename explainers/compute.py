@@ -108,10 +108,14 @@ def _ends_in_relu(layer: Any) -> bool:
 
 
 def chunks(n: int, batch_size: int) -> Iterator[slice]:
-    """Consecutive slices of ``range(n)`` of at most ``batch_size`` items."""
+    """Consecutive slices of ``range(n)`` of at most ``batch_size`` items, as few as possible
+    and of nearly equal sizes: 36 items at batch size 32 go as 18 + 18, not 32 + 4 (the same
+    number of model calls, but a nearly empty last call wastes most of its per-call cost).
+    """
     batch_size = max(1, int(batch_size))
-    for start in range(0, n, batch_size):
-        yield slice(start, min(n, start + batch_size))
+    calls = -(-n // batch_size)
+    for index in range(calls):
+        yield slice(index * n // calls, (index + 1) * n // calls)
 
 
 class ModelRunner:
@@ -528,15 +532,15 @@ class ModelRunner:
         TensorFlow function, defined once (it is part of the compiled function's cache key).
         """
         function = self._built_forward_fn(builder)
-        batched_t = tuple(_tensor(a) for a in batched)
+        batched_a = tuple(_sliceable(a) for a in batched)
         shared_t = tuple(_tensor(a) for a in shared)
-        n = int(batched_t[0].shape[0])
+        n = int(batched_a[0].shape[0])
         scores, probs = [], []
         for part in _progress_chunks(n, batch_size, progress, message):
             s, p = self._call(
                 ("built_forward", builder),
                 function,
-                tuple(t[part] for t in batched_t),
+                tuple(_tensor(a[part]) for a in batched_a),
                 shared_t,
             )
             scores.append(s.numpy())
@@ -568,13 +572,16 @@ class ModelRunner:
         """
         function = self._built_gradient_fn(builder, guided, transform, squared)
         key = ("built_gradients", builder, guided, transform, squared)
-        weights_t = _tensor(weights)
-        batched_t = tuple(_tensor(a) for a in batched)
+        weights_a = _sliceable(weights)
+        batched_a = tuple(_sliceable(a) for a in batched)
         shared_t = (tf.constant(target, tf.int32), *(_tensor(a) for a in shared))
         scores, total = [], None
-        for part in _progress_chunks(int(weights_t.shape[0]), batch_size, progress, message):
+        for part in _progress_chunks(int(weights_a.shape[0]), batch_size, progress, message):
             s, summed = self._call(
-                key, function, (weights_t[part], *(t[part] for t in batched_t)), shared_t
+                key,
+                function,
+                (_tensor(weights_a[part]), *(_tensor(a[part]) for a in batched_a)),
+                shared_t,
             )
             scores.append(s.numpy())
             total = summed if total is None else total + summed
@@ -597,6 +604,12 @@ def _tensor(value: ArrayLike) -> tf.Tensor:
     if array.dtype.kind in "iub":
         return tf.constant(array, tf.int32)
     return tf.constant(array)
+
+
+def _sliceable(value: ArrayLike) -> np.ndarray | tf.Tensor:
+    """A batched argument kept as NumPy where it is one: slicing a NumPy array and converting the
+    slice costs microseconds, slicing an eager tensor about a millisecond per slice."""
+    return value if isinstance(value, tf.Tensor) else np.asarray(value)
 
 
 def _progress_chunks(

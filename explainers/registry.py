@@ -219,17 +219,3 @@ def available_methods(bundle: ModelBundle | None = None) -> list[MethodInfo]:
 def _load_methods() -> None:
     # Importing the method modules registers them (kept lazy so importing the registry is cheap).
     from . import cam, gradients, occlusion, rise, superpixels  # noqa: F401
-
-
-# Parameters several methods share ---------------------------------------------------------------
-def batch_size_param(default: int = 32) -> ParamSpec:
-    return ParamSpec(
-        "batch_size",
-        "int",
-        default,
-        "Inputs sent through the model per call (memory vs speed).",
-        low=1,
-        high=1024,
-        step=1,
-        advanced=True,
-    )

@@ -8,17 +8,19 @@ mask, and the saliency of a pixel is the probability-weighted average of the mas
 The masks follow §3.2 of the paper: a binary grid of s × s cells, each kept with probability p, is
 upsampled bilinearly to (s + 1)·C pixels (C = ⌈H / s⌉ the cell size) and cropped to the image at a
 random offset in [0, C), so that mask edges do not sit on a fixed lattice. The upsampling is a pair
-of small interpolation matrices applied to a whole batch at once (no Python loop per mask), so the
-method costs about as much as the N forward passes themselves.
+of small interpolation matrices applied to a whole batch at once, inside the compiled forward pass
+(no Python loop per mask, no full-size mask in NumPy), and the weighted sum of the masks is one
+matrix product over the low-resolution factors, so the method costs about as much as the N
+forward passes themselves.
 
 A masked image is x ⊙ M + b ⊙ (1 − M) with a substrate b: the paper's b = 0 in the model's input
 space, or (the default here, see :data:`SUBSTRATES`) mid-gray pixels. The optional ``center``
 subtracts the mean masked probability from every weight, a control variate that removes the map's
 floor and most of its Monte-Carlo noise.
 
-All randomness comes from two streams seeded by ``seed`` (one for the grids, drawn a batch at a
-time, one for the offsets), which makes the map a function of the seed alone: the batch size only
-decides how many masks are drawn, upsampled and sent through the model at a time.
+All randomness comes from two streams seeded by ``seed`` (one for the grids, one for the offsets),
+which makes the map a function of the seed alone: the batch size only decides how many masks are
+upsampled and sent through the model at a time.
 """
 
 from __future__ import annotations
@@ -27,10 +29,12 @@ import math
 from typing import Any
 
 import numpy as np
+import tensorflow as tf
 
+from .compute import batch_size_param, resolve_batch_size
 from .models import ModelBundle
 from .occlusion import _fill_pixels
-from .registry import ExplainRequest, MethodSpec, ParamSpec, batch_size_param, register
+from .registry import ExplainRequest, MethodSpec, ParamSpec, register
 
 #: What a masked-out pixel shows. ``zero`` is the paper's choice (the mask multiplies the model
 #: input, so hidden pixels are 0 in the model's input space: black for [0, 1] inputs, mid-gray for
@@ -57,8 +61,7 @@ def _generators(seed: int) -> tuple[np.random.Generator, np.random.Generator]:
 def _draw_grids(
     rng: np.random.Generator, n_masks: int, grid_size: int, keep_probability: float
 ) -> np.ndarray:
-    # One float64 per cell, drawn in order: drawing in chunks gives the same grids as drawing
-    # them all at once, so the grids never need to be held in memory all together.
+    # One float64 per cell, drawn in order.
     return (rng.random((n_masks, grid_size, grid_size)) < keep_probability).astype(np.float32)
 
 
@@ -77,8 +80,7 @@ def sample_grids(
 ) -> tuple[np.ndarray, np.ndarray]:
     """The random part of the first ``n_masks`` masks for ``seed``: grids and crop offsets.
 
-    These are exactly the masks :func:`rise_map` uses for the same seed (it draws them a batch at
-    a time from the same streams).
+    These are exactly the masks :func:`rise_map` uses for the same seed.
 
     Returns
     -------
@@ -145,6 +147,56 @@ def substrate_input(bundle: ModelBundle, image: np.ndarray, x: np.ndarray, name:
     return bundle.preprocess(_fill_pixels(name, image)).astype(np.float32)
 
 
+def rise_inputs(
+    grids: tf.Tensor,
+    offsets: tf.Tensor,
+    substrate: tf.Tensor,
+    difference: tf.Tensor,
+    rows_all: tf.Tensor,
+    cols_all: tf.Tensor,
+) -> tf.Tensor:
+    """Masked copies b + (x − b) ⊙ M_i, float32 (B, H, W, C), built inside the compiled forward.
+
+    The same masks as :func:`upsample_masks` (rows and columns of the interpolation matrices that
+    each crop keeps, two batched matmuls), from the grids (B, s, s) and offsets (B, 2) alone: the
+    full-size masks and images never exist in NumPy.
+    """
+    height, width = tf.shape(substrate)[0], tf.shape(substrate)[1]
+    rows = tf.gather(rows_all, offsets[:, :1] + tf.range(height)[None])  # (B, H, s)
+    cols = tf.gather(cols_all, offsets[:, 1:] + tf.range(width)[None])  # (B, W, s)
+    masks = tf.matmul(tf.matmul(rows, grids), cols, transpose_b=True)  # (B, H, W)
+    return substrate[None] + difference[None] * masks[..., None]
+
+
+#: Masks whose weighted sum is formed in one matrix product (bounds its temporary memory).
+_SUM_CHUNK = 1024
+
+
+def weighted_mask_sum(
+    weights: np.ndarray, grids: np.ndarray, offsets: np.ndarray, size: tuple[int, int]
+) -> np.ndarray:
+    """Σ_i w_i M_i, float64 (H, W), without forming the N full-size masks.
+
+    M_i = R_i G_i K_iᵀ, so Σ_i w_i M_i = [w_1 R_1 G_1 | … | w_N R_N G_N] · [K_1 | … | K_N]ᵀ: one
+    (H × N·s) by (N·s × W) product, done in chunks of masks.
+    """
+    height, width = size
+    grid_size = grids.shape[-1]
+    cells = cell_size(size, grid_size)
+    rows_all = interpolation_matrix(grid_size, (grid_size + 1) * cells[0]).astype(np.float64)
+    cols_all = interpolation_matrix(grid_size, (grid_size + 1) * cells[1]).astype(np.float64)
+    total = np.zeros(size, np.float64)
+    for start in range(0, len(weights), _SUM_CHUNK):
+        part = slice(start, start + _SUM_CHUNK)
+        rows = rows_all[offsets[part, :1] + np.arange(height)[None]]  # (n, H, s)
+        cols = cols_all[offsets[part, 1:] + np.arange(width)[None]]  # (n, W, s)
+        left = (rows @ grids[part].astype(np.float64)) * weights[part, None, None]
+        total += np.transpose(left, (1, 0, 2)).reshape(height, -1) @ (
+            np.transpose(cols, (0, 2, 1)).reshape(-1, width)
+        )
+    return total
+
+
 def rise_map(request: ExplainRequest) -> tuple[np.ndarray, dict[str, Any]]:
     """RISE saliency of the target class, float32 (h, w) at model resolution.
 
@@ -161,32 +213,27 @@ def rise_map(request: ExplainRequest) -> tuple[np.ndarray, dict[str, Any]]:
     n_masks = int(params["n_masks"])
     grid_size = int(params["grid_size"])
     keep = float(params["keep_probability"])
-    batch_size = int(params["batch_size"])
     cells = cell_size(size, grid_size)
-    grid_rng, offset_rng = _generators(int(params["seed"]))
-    offsets = _draw_offsets(offset_rng, n_masks, cells)  # (N, 2): small; grids come per batch
+    # N·s² Bernoulli cells and N offsets: small (2000 masks of 8 × 8 are 0.5 MB).
+    grids, offsets = sample_grids(n_masks, grid_size, keep, cells, int(params["seed"]))
     substrate = substrate_input(bundle, request.image, x, str(params["substrate"]))
     difference = x - substrate  # x ⊙ M + b ⊙ (1 − M) = b + (x − b) ⊙ M
-    saliency = np.zeros(size, np.float64)
-    coverage = np.zeros(size, np.float64)
-    score_sum = 0.0
-    for start in range(0, n_masks, batch_size):
-        stop = min(n_masks, start + batch_size)
-        grids = _draw_grids(grid_rng, stop - start, grid_size, keep)
-        masks = upsample_masks(grids, offsets[start:stop], size)
-        batch = substrate[None] + difference[None] * masks[..., None]
-        _, probs = bundle.runner.forward(batch, batch_size=batch_size)
-        scores = probs[:, request.target].astype(np.float64)
-        saliency += np.tensordot(scores, masks, axes=1)
-        coverage += masks.sum(axis=0)
-        score_sum += float(scores.sum())
-        request.report(stop / n_masks, f"RISE: {stop}/{n_masks} masks")
-    mean_score = score_sum / n_masks
-    if params["center"]:
-        # Σ (p_i − p̄) M_i = Σ p_i M_i − p̄ Σ M_i: the same map minus its expected floor p̄, with
-        # the Monte-Carlo noise of the mask coverage Σ M_i cancelled (a control variate).
-        saliency -= mean_score * coverage
-    saliency /= n_masks * keep
+    rows_all = interpolation_matrix(grid_size, (grid_size + 1) * cells[0])
+    cols_all = interpolation_matrix(grid_size, (grid_size + 1) * cells[1])
+    _, probs = bundle.runner.built_forward(
+        rise_inputs,
+        (grids, offsets.astype(np.int32)),
+        (substrate, difference.astype(np.float32), rows_all, cols_all),
+        batch_size=resolve_batch_size(params["batch_size"], x.shape),
+        progress=request.progress,
+        message="RISE masks",
+    )
+    scores = probs[:, request.target].astype(np.float64)
+    mean_score = float(scores.mean())
+    # Centred: Σ (p_i − p̄) M_i, the same map minus its expected floor p̄ Σ M_i, with the
+    # Monte-Carlo noise of the mask coverage cancelled (a control variate).
+    weights = scores - mean_score if params["center"] else scores
+    saliency = weighted_mask_sum(weights, grids, offsets, size) / (n_masks * keep)
     extras = {
         "masks": n_masks,
         "cell_size": list(cells),

@@ -24,10 +24,10 @@ from typing import Any
 
 import numpy as np
 
-from .compute import chunks
+from .compute import batch_size_param, chunks, resolve_batch_size
 from .errors import ParameterError
 from .occlusion import _fill_pixels
-from .registry import ExplainRequest, MethodSpec, ParamSpec, batch_size_param, register
+from .registry import ExplainRequest, MethodSpec, ParamSpec, register
 
 SEGMENTATIONS = ("slic", "quickshift")
 #: What a hidden superpixel shows: a blurred copy (the default), mid-gray, black, or its own mean
@@ -219,7 +219,7 @@ def lime_map(request: ExplainRequest) -> tuple[np.ndarray, dict[str, Any]]:
     params = request.params
     bundle = request.bundle
     n_samples = int(params["n_samples"])
-    batch_size = int(params["batch_size"])
+    batch_size = resolve_batch_size(params["batch_size"], request.x[0].shape)
     seed = int(params["seed"])
     segments, hidden = _superpixels_and_fill(request)
     n_superpixels = int(segments.max()) + 1
@@ -340,7 +340,7 @@ def kernel_shap_map(request: ExplainRequest) -> tuple[np.ndarray, dict[str, Any]
 
     params = request.params
     bundle = request.bundle
-    batch_size = int(params["batch_size"])
+    batch_size = resolve_batch_size(params["batch_size"], request.x[0].shape)
     segments, hidden_pixels = _superpixels_and_fill(request)
     n_superpixels = int(segments.max()) + 1
     shown = request.x[0]
