@@ -162,10 +162,12 @@ class Driver:
 
     def pick(self, widget_key: str, option: str | int) -> float:
         """Open a selectbox and click an option (by label or index); returns the click time."""
-        self.page.locator(f".st-key-{widget_key} [data-baseweb='select']").click()
+        # Streamlit ≥ 1.5x draws a selectbox as a combo box: a text input that opens a list box.
+        self.page.locator(f".st-key-{widget_key} [role='combobox']").click()
         if isinstance(option, int):
             target = self.page.get_by_role("option").nth(option)
         else:  # type to filter: long option lists are virtualised
+            self.page.keyboard.press("ControlOrMeta+a")
             self.page.keyboard.type(option)
             target = self.page.get_by_role("option", name=option, exact=True)
         target.wait_for(timeout=STEP_S * 1000)
