@@ -962,6 +962,40 @@ def quadrature_markdown(study: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def _replaced_lines(replaced: list[dict[str, Any]] | None) -> list[str]:
+    lines = []
+    for record in replaced or []:
+        lines += [
+            f"Rows {', '.join(record['rows'])} of the main table come from a later run, "
+            f"`{record['command']}` ({record['date']}, {record['minutes']:.0f} min, load "
+            f"{record['load_start']} at start, {record['load_end']} at end)"
+            + (f": {record['reason']}" if record.get("reason") else "")
+            + ".",
+            "",
+        ]
+    if lines:
+        lines.append("Everything else is from the run above.\n")
+    return lines
+
+
+def replace_rows(payload: dict[str, Any], second: dict[str, Any]) -> dict[str, Any]:
+    """``payload`` with the main-table rows that ``second`` also measured (same model and
+    method) taken from ``second``, in the first run's order, and a record of which they are."""
+    fresh = {(row["model"], row["method"]): row for row in second["rows"]}
+    rows = [fresh.pop((row["model"], row["method"]), row) for row in payload["rows"]]
+    replaced_keys = [(r["model"], r["method"]) for r in second["rows"]]
+    rows += list(fresh.values())  # rows the first run did not have
+    replaced = {
+        "rows": [f"{model}/{method}" for model, method in replaced_keys],
+        "command": second["command"],
+        "date": second["date"],
+        "load_start": second["load_start"],
+        "load_end": second["load_end"],
+        "minutes": second["minutes"],
+    }
+    return {**payload, "rows": rows, "replaced": [*payload.get("replaced", []), replaced]}
+
+
 def results_markdown(payload: dict[str, Any], notes: str) -> str:
     sections = [
         f"# Benchmark results ({payload['date']})",
@@ -974,6 +1008,7 @@ def results_markdown(payload: dict[str, Any], notes: str) -> str:
         "`rounds`).  ",
         f"Command: `{payload['command']}` ({payload['minutes']:.0f} min).",
         "",
+        *_replaced_lines(payload.get("replaced")),
         "> The machine is a shared virtual machine: absolute milliseconds move with its load "
         "(the benchmark itself keeps both cores busy, a load near 2). The ratios and speed-ups "
         "come from interleaved calls in one process and are what to read.",
@@ -1044,6 +1079,17 @@ def main() -> None:
         default=None,
         help="only re-render the markdown from a bench.json (e.g. after editing NOTES.md)",
     )
+    parser.add_argument(
+        "--replace-from",
+        type=Path,
+        default=None,
+        help="with --render: take the main-table rows of the models in this second bench.json "
+        "instead (a model re-measured after its first measurement was disturbed); the "
+        "document says which rows come from which run",
+    )
+    parser.add_argument(
+        "--replace-reason", default="", help="with --replace-from: why, for the document"
+    )
     parser.add_argument("--memory-probe", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.memory_probe:
@@ -1051,6 +1097,10 @@ def main() -> None:
         return
     if args.render:
         payload = json.loads(args.render.read_text())
+        if args.replace_from:
+            payload = replace_rows(payload, json.loads(args.replace_from.read_text()))
+            payload["replaced"][-1]["reason"] = args.replace_reason
+            (args.out / "bench.json").write_text(json.dumps(payload, indent=2))
         for row in payload["rows"]:
             row["misses"], row["ties"] = target_misses(row)
         notes = args.notes.read_text() if args.notes and args.notes.exists() else ""

@@ -23,6 +23,7 @@ from collections.abc import Callable
 from typing import Any
 
 import numpy as np
+import tensorflow as tf
 
 from .compute import batch_size_param, chunks, resolve_batch_size
 from .errors import ParameterError
@@ -106,6 +107,44 @@ def compose(
     return np.where(keep[..., None], shown[None], hidden[None]).astype(np.float32)
 
 
+def coalition_inputs(
+    coalitions: tf.Tensor, segments: tf.Tensor, shown: tf.Tensor, hidden: tf.Tensor
+) -> tf.Tensor:
+    """:func:`compose` inside the runner's compiled forward: (B, K) coalitions (1 = shown) →
+    model inputs (B, h, w, C), from the two (h, w, C) images and the (h, w) superpixel labels.
+    The perturbed images exist only in the graph."""
+    keep = tf.gather(coalitions, segments, axis=1) > 0.5  # (B, h, w)
+    return tf.where(keep[..., None], shown[None], hidden[None])
+
+
+class _Coalitions:
+    """Class probabilities of coalitions of one image's superpixels, through the model.
+
+    The images are composed in the model's input space (every preprocessing here is per pixel,
+    so composing then preprocessing equals preprocessing then composing) inside the compiled
+    forward pass: no image-sized NumPy work per sample.
+    """
+
+    def __init__(self, request: ExplainRequest, segments: np.ndarray, fill: np.ndarray) -> None:
+        self.runner = request.bundle.runner
+        self.shared = (
+            tf.constant(segments, tf.int32),
+            tf.constant(request.x[0], tf.float32),
+            tf.constant(request.bundle.preprocess(fill), tf.float32),
+        )
+
+    def probabilities(self, coalitions: np.ndarray) -> np.ndarray:
+        """float64 (B, n_classes) for coalitions (B, K), truthy where a superpixel is shown, in
+        one model call per batch the caller chose."""
+        _, probs = self.runner.built_forward(
+            coalition_inputs,
+            (np.asarray(coalitions, np.float32),),
+            self.shared,
+            batch_size=max(1, len(coalitions)),
+        )
+        return probs.astype(np.float64)
+
+
 def _superpixels_and_fill(request: ExplainRequest) -> tuple[np.ndarray, np.ndarray]:
     params = request.params
     method = str(params["segmentation"])
@@ -173,14 +212,15 @@ def _seed_param(help_text: str) -> ParamSpec:
 # LIME
 # ------------------------------------------------------------------------------------------------
 def _batched_lime_explainer(
-    hidden: np.ndarray, report: Callable[[int, int], None], seed: int
+    coalitions: _Coalitions, report: Callable[[int, int], None], seed: int
 ) -> Any:
     """A ``lime_image.LimeImageExplainer`` whose neighbourhood is built a batch at a time.
 
     lime's own ``data_labels`` copies the image and loops over superpixels for every sample and
     draws a tqdm bar on stderr; this override keeps its sampling exactly (one ``randint`` draw of
     the whole (n_samples, K) design from the explainer's ``RandomState``, first row all ones) but
-    composes each batch in one vectorised step with our fill, and reports progress.
+    evaluates each batch of coalitions with ``coalitions`` (images composed with our fill inside
+    the compiled forward), and reports progress.
     """
     from lime.lime_image import LimeImageExplainer
 
@@ -201,7 +241,7 @@ def _batched_lime_explainer(
             data[0, :] = 1  # the first sample is the image itself
             labels = []
             for part in chunks(num_samples, batch_size):
-                labels.append(classifier_fn(compose(data[part], segments, image, hidden)))
+                labels.append(coalitions.probabilities(data[part]))
                 report(part.stop, num_samples)
             return data, np.concatenate(labels)
 
@@ -217,7 +257,6 @@ def lime_map(request: ExplainRequest) -> tuple[np.ndarray, dict[str, Any]]:
     weights otherwise) are 0.
     """
     params = request.params
-    bundle = request.bundle
     n_samples = int(params["n_samples"])
     batch_size = resolve_batch_size(params["batch_size"], request.x[0].shape)
     seed = int(params["seed"])
@@ -225,19 +264,16 @@ def lime_map(request: ExplainRequest) -> tuple[np.ndarray, dict[str, Any]]:
     n_superpixels = int(segments.max()) + 1
     n_features = int(params["n_features"]) or n_superpixels
 
-    def classifier_fn(images: np.ndarray) -> np.ndarray:
-        # lime hands over images in pixel values 0..255; the model wants them preprocessed.
-        x = np.stack([bundle.preprocess(image) for image in images]).astype(np.float32)
-        _, probs = bundle.runner.forward(x, batch_size=batch_size)
-        return probs.astype(np.float64)
-
     def report(done: int, total: int) -> None:
         request.report(done / total, f"LIME: {done}/{total} samples")
 
-    explainer = _batched_lime_explainer(hidden, report, seed)
+    def unused_classifier(images: np.ndarray) -> np.ndarray:
+        raise AssertionError("the batched explainer evaluates coalitions itself")
+
+    explainer = _batched_lime_explainer(_Coalitions(request, segments, hidden), report, seed)
     explanation = explainer.explain_instance(
         request.image,
-        classifier_fn,
+        unused_classifier,
         labels=(request.target,),
         top_labels=None,
         num_features=n_features,
@@ -339,12 +375,10 @@ def kernel_shap_map(request: ExplainRequest) -> tuple[np.ndarray, dict[str, Any]
         import shap
 
     params = request.params
-    bundle = request.bundle
     batch_size = resolve_batch_size(params["batch_size"], request.x[0].shape)
     segments, hidden_pixels = _superpixels_and_fill(request)
     n_superpixels = int(segments.max()) + 1
-    shown = request.x[0]
-    hidden = bundle.preprocess(hidden_pixels).astype(np.float32)
+    evaluator = _Coalitions(request, segments, hidden_pixels)
     # Enough coalitions to determine K weights; at most all 2^K − 2 proper ones (then the values
     # are exact and shap enumerates them instead of sampling).
     n_coalitions = max(int(params["max_evals"]), 2 * n_superpixels + 2)
@@ -357,9 +391,7 @@ def kernel_shap_map(request: ExplainRequest) -> tuple[np.ndarray, dict[str, Any]
         nonlocal done
         out = np.empty(len(coalitions), np.float64)
         for part in chunks(len(coalitions), batch_size):
-            images = compose(coalitions[part] > 0.5, segments, shown, hidden)
-            _, probs = bundle.runner.forward(images, batch_size=batch_size)
-            out[part] = probs[:, request.target]
+            out[part] = evaluator.probabilities(coalitions[part] > 0.5)[:, request.target]
             done += part.stop - part.start
             request.report(done / total, f"Kernel SHAP: {min(done, total)}/{total} coalitions")
         return out

@@ -250,6 +250,22 @@ def test_the_top_superpixel_is_the_one_the_model_reads(block_setup, method):
     assert saliency[region].min() > 10 * outside  # nothing else matters to this model
 
 
+def test_coalition_inputs_built_in_the_graph_equal_compose():
+    from explainers.superpixels import coalition_inputs
+
+    segments = RNG.integers(0, 7, (13, 17))
+    shown = RNG.normal(size=(13, 17, 3)).astype(np.float32)
+    hidden = RNG.normal(size=(13, 17, 3)).astype(np.float32)
+    coalitions = RNG.integers(0, 2, (9, 7)).astype(bool)
+    built = coalition_inputs(
+        tf.constant(coalitions, tf.float32),
+        tf.constant(segments, tf.int32),
+        tf.constant(shown),
+        tf.constant(hidden),
+    )
+    np.testing.assert_array_equal(built.numpy(), compose(coalitions, segments, shown, hidden))
+
+
 def test_kernel_shap_is_exact_with_few_superpixels():
     """With K superpixels and ≥ 2^K − 2 evaluations shap enumerates every coalition: the map
     holds the exact Shapley values, computed here by brute force over all subsets."""
