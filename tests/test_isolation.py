@@ -314,6 +314,10 @@ def test_concurrent_app_sessions_keep_their_own_inputs(user_inputs, assets, monk
             at.file_uploader(key="sidebar_model_upload").upload(
                 path.name, path.read_bytes(), "application/octet-stream"
             ).run()
+            shown = [e.value for e in [*at.exception, *at.error, *at.warning]]
+            if not any(w.key == "sidebar_sample" for w in at.selectbox):
+                errors.append(f"session {index}: no sample picker after the upload; page: {shown}")
+                return
             at.selectbox(key="sidebar_sample").select(sample.stem).run()
             if at.exception or at.error:
                 errors.append(f"session {index}: {[e.value for e in [*at.exception, *at.error]]}")

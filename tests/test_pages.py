@@ -513,7 +513,8 @@ def test_robustness_default_render(app):
     assert sum(c.startswith("Original · ") for c in captions) == 2
     assert sum(c.startswith("Adversarial · ") for c in captions) == 2
     (button,) = app.get("download_button")
-    assert button.label == "Adversarial PNG" and button.proto.url.endswith(".png")
+    # Deferred: the PNG is built when the button is clicked (no file in the page until then).
+    assert button.label == "Adversarial PNG" and button.proto.deferred_file_id
     assert len(app.dataframe) == 1 and list(app.dataframe[0].value.columns) == [
         "Class",
         "Before",
