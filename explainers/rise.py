@@ -118,6 +118,29 @@ def interpolation_matrix(n_in: int, n_out: int) -> np.ndarray:
     return matrix
 
 
+def upsampling_matrices(size: tuple[int, int], grid_size: int) -> tuple[np.ndarray, np.ndarray]:
+    """The row and column interpolation matrices, float32 ((s + 1)·C_h, s) and ((s + 1)·C_w, s),
+    from which every mask's crop takes ``size`` consecutive rows."""
+    cells = cell_size(size, grid_size)
+    return (
+        interpolation_matrix(grid_size, (grid_size + 1) * cells[0]),
+        interpolation_matrix(grid_size, (grid_size + 1) * cells[1]),
+    )
+
+
+def crop_factors(
+    offsets: np.ndarray, size: tuple[int, int], grid_size: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """(R_i, K_i) for every mask: the rows of the interpolation matrices its crop keeps,
+    float32 (B, H, s) and (B, W, s), so that M_i = R_i · G_i · K_iᵀ."""
+    height, width = size
+    rows_all, cols_all = upsampling_matrices(size, grid_size)
+    return (
+        rows_all[offsets[:, :1] + np.arange(height)[None]],
+        cols_all[offsets[:, 1:] + np.arange(width)[None]],
+    )
+
+
 def upsample_masks(grids: np.ndarray, offsets: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     """Smooth masks, float32 (B, H, W) in [0, 1], from grids (B, s, s) and offsets (B, 2).
 
@@ -125,13 +148,7 @@ def upsample_masks(grids: np.ndarray, offsets: np.ndarray, size: tuple[int, int]
     offset. Because bilinear upsampling is separable, mask_i = R_i · grid_i · K_iᵀ where R_i and K_i
     are the rows of the interpolation matrices that the crop keeps: two batched matmuls.
     """
-    height, width = size
-    grid_size = grids.shape[-1]
-    cells = cell_size(size, grid_size)
-    rows_all = interpolation_matrix(grid_size, (grid_size + 1) * cells[0])
-    cols_all = interpolation_matrix(grid_size, (grid_size + 1) * cells[1])
-    rows = rows_all[offsets[:, :1] + np.arange(height)[None]]  # (B, H, s)
-    cols = cols_all[offsets[:, 1:] + np.arange(width)[None]]  # (B, W, s)
+    rows, cols = crop_factors(offsets, size, grids.shape[-1])
     return rows @ grids @ np.swapaxes(cols, 1, 2)
 
 
@@ -181,16 +198,11 @@ def weighted_mask_sum(
     (H × N·s) by (N·s × W) product, done in chunks of masks.
     """
     height, width = size
-    grid_size = grids.shape[-1]
-    cells = cell_size(size, grid_size)
-    rows_all = interpolation_matrix(grid_size, (grid_size + 1) * cells[0]).astype(np.float64)
-    cols_all = interpolation_matrix(grid_size, (grid_size + 1) * cells[1]).astype(np.float64)
     total = np.zeros(size, np.float64)
     for start in range(0, len(weights), _SUM_CHUNK):
         part = slice(start, start + _SUM_CHUNK)
-        rows = rows_all[offsets[part, :1] + np.arange(height)[None]]  # (n, H, s)
-        cols = cols_all[offsets[part, 1:] + np.arange(width)[None]]  # (n, W, s)
-        left = (rows @ grids[part].astype(np.float64)) * weights[part, None, None]
+        rows, cols = crop_factors(offsets[part], size, grids.shape[-1])  # (n, H, s), (n, W, s)
+        left = (rows.astype(np.float64) @ grids[part]) * weights[part, None, None]
         total += np.transpose(left, (1, 0, 2)).reshape(height, -1) @ (
             np.transpose(cols, (0, 2, 1)).reshape(-1, width)
         )
@@ -218,8 +230,7 @@ def rise_map(request: ExplainRequest) -> tuple[np.ndarray, dict[str, Any]]:
     grids, offsets = sample_grids(n_masks, grid_size, keep, cells, int(params["seed"]))
     substrate = substrate_input(bundle, request.image, x, str(params["substrate"]))
     difference = x - substrate  # x ⊙ M + b ⊙ (1 − M) = b + (x − b) ⊙ M
-    rows_all = interpolation_matrix(grid_size, (grid_size + 1) * cells[0])
-    cols_all = interpolation_matrix(grid_size, (grid_size + 1) * cells[1])
+    rows_all, cols_all = upsampling_matrices(size, grid_size)
     _, probs = bundle.runner.built_forward(
         rise_inputs,
         (grids, offsets.astype(np.int32)),
