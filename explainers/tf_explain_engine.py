@@ -6,14 +6,24 @@ occlusion). Its static functions that return raw tensors do work on Functional m
 engine calls those and converts the result to our raw signed map. Where its conventions differ
 from ours, the difference is kept (it is what a tf-explain user gets) and named in
 ``extras["engine_note"]``.
+
+tf-explain also assumes ``model.output`` is one tensor. Under Keras 3 a Functional model built
+(or saved) with ``outputs=[tensor]`` keeps that list: ``model(x)`` unwraps it, but
+``model.output`` stays a one-element list, so Grad-CAM's gradient model returns
+``[features, [probabilities]]`` and SmoothGrad reads ``model.output.shape``. Every tf-explain
+call therefore gets a Functional view of the model with one input and the explained output as a
+single tensor (same layers and weights), built once per model.
 """
 
 from __future__ import annotations
 
 import contextlib
 import io
+import threading
+import warnings
+import weakref
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -21,54 +31,116 @@ from .errors import MethodNotApplicableError, ParameterError
 from .maps import resize_map
 from .registry import ExplainRequest
 
+if TYPE_CHECKING:
+    from .models import ModelBundle
+
 _PROBABILITY_NOTE = (
     "tf-explain differentiates the model's output as it is (probabilities when the softmax is "
     "inside the last Dense layer; it only strips a separate final activation layer)."
 )
 
 
-def _check_model(request: ExplainRequest) -> Any:
+class _Views:
+    """The models tf-explain is handed for one bundle model (built lazily, then reused)."""
+
+    def __init__(self, single: Any) -> None:
+        self.single = single  # one input → the explained output, as a single tensor
+        self._score: Any = None
+
+    @property
+    def score(self) -> Any:
+        """tf-explain's score model (a separate final activation layer stripped)."""
+        if self._score is None:
+            from tf_explain.core.vanilla_gradients import VanillaGradients
+
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # "unsupported architecture": nothing to strip
+                self._score = VanillaGradients().get_score_model(self.single)
+        return self._score
+
+
+# Keyed by the bundle's Keras model: a view holds that model's layers, not the model itself.
+_VIEWS: weakref.WeakKeyDictionary[Any, _Views] = weakref.WeakKeyDictionary()
+_VIEWS_LOCK = threading.Lock()
+
+
+#: tf-explain's occlusion fills each patch with this value, in model-input units.
+OCCLUSION_FILL = 127.5
+
+
+def _model_reason(bundle: ModelBundle) -> str | None:
     import keras
     from keras.src.models.functional import Functional
 
-    model = request.bundle.model
+    model = bundle.model
     if isinstance(model, keras.Sequential) or not isinstance(model, Functional):
-        raise MethodNotApplicableError(
+        return (
             "the tf-explain engine only handles Functional models (it fails on Sequential and "
             "subclassed models under Keras 3); use the native engine"
         )
-    if any(info.is_model for info in request.bundle.layers):
-        raise MethodNotApplicableError(
-            "the tf-explain engine cannot see inside nested sub-models; use the native engine"
+    if any(info.is_model for info in bundle.layers):
+        return "the tf-explain engine cannot see inside nested sub-models; use the native engine"
+    if len(model.inputs) != 1:
+        return (
+            f"the tf-explain engine handles models with one input; this one has "
+            f"{len(model.inputs)}; use the native engine"
         )
-    return model
+    return None
 
 
-def _score_model(model: Any) -> Any:
-    import warnings
+def _occlusion_reason(bundle: ModelBundle) -> str | None:
+    # The model-input range of pixels 0..255 under the bundle's preprocessing, per channel.
+    ends = bundle.preprocess(np.array([[[0, 0, 0], [255, 255, 255]]], np.uint8))[0]
+    low, high = ends.min(axis=0), ends.max(axis=0)
+    if float(low.max()) <= OCCLUSION_FILL <= float(high.min()):
+        return None
+    return (
+        f"tf-explain's occlusion fills patches with {OCCLUSION_FILL:g} in model-input units, "
+        f"outside this model's input range ({float(low.min()):g} to {float(high.max()):g} after "
+        f"{bundle.preprocessing!r} preprocessing): any patch drives the score to about zero, so "
+        "the map is close to flat; use the native engine"
+    )
 
+
+def unavailable_reason(method: str, bundle: ModelBundle) -> str | None:
+    """Why the tf-explain engine refuses ``method`` on ``bundle`` (None when it runs it).
+
+    What depends on the image is checked when it runs: occlusion refuses non-square model inputs.
+    """
+    reason = _model_reason(bundle)
+    if reason is None and method == "occlusion":
+        reason = _occlusion_reason(bundle)
+    return reason
+
+
+def _views(bundle: ModelBundle) -> _Views:
+    import keras
+
+    model = bundle.model
+    with _VIEWS_LOCK:
+        views = _VIEWS.get(model)
+        if views is None:
+            views = _VIEWS[model] = _Views(
+                keras.Model(model.inputs[0], model.outputs[bundle.output_index])
+            )
+    return views
+
+
+def _vanilla(request: ExplainRequest, views: _Views) -> tuple[np.ndarray, dict[str, Any]]:
     from tf_explain.core.vanilla_gradients import VanillaGradients
 
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        return VanillaGradients().get_score_model(model)
-
-
-def _vanilla(request: ExplainRequest, model: Any) -> tuple[np.ndarray, dict[str, Any]]:
-    from tf_explain.core.vanilla_gradients import VanillaGradients
-
-    grads = VanillaGradients.compute_gradients(request.x, _score_model(model), request.target)
+    grads = VanillaGradients.compute_gradients(request.x, views.score, request.target)
     return np.asarray(grads)[0].sum(axis=-1), {"engine_note": _PROBABILITY_NOTE}
 
 
-def _gradient_x_input(request: ExplainRequest, model: Any) -> tuple[np.ndarray, dict[str, Any]]:
+def _gradient_x_input(request: ExplainRequest, views: _Views) -> tuple[np.ndarray, dict[str, Any]]:
     from tf_explain.core.gradients_inputs import GradientsInputs
 
-    values = GradientsInputs.compute_gradients(request.x, _score_model(model), request.target)
+    values = GradientsInputs.compute_gradients(request.x, views.score, request.target)
     return np.asarray(values)[0].sum(axis=-1), {"engine_note": _PROBABILITY_NOTE}
 
 
-def _smoothgrad(request: ExplainRequest, model: Any) -> tuple[np.ndarray, dict[str, Any]]:
+def _smoothgrad(request: ExplainRequest, views: _Views) -> tuple[np.ndarray, dict[str, Any]]:
     from tf_explain.core.smoothgrad import SmoothGrad
 
     params = request.params
@@ -86,7 +158,9 @@ def _smoothgrad(request: ExplainRequest, model: Any) -> tuple[np.ndarray, dict[s
         noisy = SmoothGrad.generate_noisy_images(request.x, n, sigma)
     finally:
         np.random.set_state(state)
-    grads = SmoothGrad.get_averaged_gradients(noisy.astype(np.float32), model, request.target, n)
+    grads = SmoothGrad.get_averaged_gradients(
+        noisy.astype(np.float32), views.single, request.target, n
+    )
     # It differentiates the cross-entropy loss −log p_c: negate to get evidence *for* the class.
     note = (
         "tf-explain smooths the gradient of the cross-entropy loss −log p_c; the map is negated "
@@ -95,12 +169,16 @@ def _smoothgrad(request: ExplainRequest, model: Any) -> tuple[np.ndarray, dict[s
     return -np.asarray(grads)[0].sum(axis=-1), {"engine_note": note}
 
 
-def _integrated_gradients(request: ExplainRequest, model: Any) -> tuple[np.ndarray, dict[str, Any]]:
+def _integrated_gradients(
+    request: ExplainRequest, views: _Views
+) -> tuple[np.ndarray, dict[str, Any]]:
     from tf_explain.core.integrated_gradients import IntegratedGradients
 
     steps = max(2, int(request.params["steps"]))
     path = IntegratedGradients.generate_interpolations(request.x, steps).astype(np.float32)
-    mean_grads = IntegratedGradients.get_integrated_gradients(path, model, request.target, steps)
+    mean_grads = IntegratedGradients.get_integrated_gradients(
+        path, views.single, request.target, steps
+    )
     # tf-explain returns the path-averaged gradient only; IG multiplies by (x − baseline), and
     # its baseline is zero in model-input units.
     values = np.asarray(mean_grads)[0] * request.x[0]
@@ -111,7 +189,7 @@ def _integrated_gradients(request: ExplainRequest, model: Any) -> tuple[np.ndarr
     return values.sum(axis=-1), {"engine_note": note}
 
 
-def _occlusion(request: ExplainRequest, model: Any) -> tuple[np.ndarray, dict[str, Any]]:
+def _occlusion(request: ExplainRequest, views: _Views) -> tuple[np.ndarray, dict[str, Any]]:
     from tf_explain.core.occlusion_sensitivity import OcclusionSensitivity
 
     x = request.x[0]
@@ -126,27 +204,31 @@ def _occlusion(request: ExplainRequest, model: Any) -> tuple[np.ndarray, dict[st
     patch = int(request.params["patch_size"])
     explainer = OcclusionSensitivity(batch_size=int(request.params["batch_size"]))
     with contextlib.redirect_stdout(io.StringIO()):  # its model.predict prints a progress bar
-        sensitivity = explainer.get_sensitivity_map(model, x, request.target, patch)
+        sensitivity = explainer.get_sensitivity_map(views.single, x, request.target, patch)
     # Its final cv2.resize upsamples the coarse grid; bring it to our float32 (h, w) map.
     sensitivity = resize_map(np.asarray(sensitivity, np.float32), (h, w))
     # It reports 1 − p(occluded); convert to our drop p(x) − p(occluded).
     _, probs = request.bundle.runner.forward(request.x)
     values = sensitivity - (1.0 - probs[0, request.target])
     note = (
-        "tf-explain uses non-overlapping patches (stride = patch size) filled with 127.5 in "
-        "model-input units; stride, fill and score parameters are not used."
+        f"tf-explain uses non-overlapping patches (stride = patch size) filled with "
+        f"{OCCLUSION_FILL:g} in model-input units; stride, fill and score parameters are not used."
     )
     return values.astype(np.float32), {"engine_note": note}
 
 
-def _grad_cam(request: ExplainRequest, model: Any) -> tuple[np.ndarray, dict[str, Any]]:
+def _grad_cam(request: ExplainRequest, views: _Views) -> tuple[np.ndarray, dict[str, Any]]:
     from tf_explain.core.grad_cam import GradCAM
 
     layer = request.layer or request.bundle.default_layer
     assert layer is not None
-    outputs, grads = GradCAM.get_gradients_and_filters(
-        model, request.x, layer, request.target, use_guided_grads=False
-    )
+    with warnings.catch_warnings():
+        # It builds its gradient model with inputs=[model.inputs], a nested list, and calls it
+        # with one tensor; Keras warns that the structures differ, and runs it correctly.
+        warnings.filterwarnings("ignore", message="The structure of `inputs`")
+        outputs, grads = GradCAM.get_gradients_and_filters(
+            views.single, request.x, layer, request.target, use_guided_grads=False
+        )
     cam = np.asarray(GradCAM.generate_ponderated_output(outputs, grads)[0], np.float32)
     if request.params["relu"]:
         cam = np.maximum(cam, 0.0)
@@ -154,7 +236,7 @@ def _grad_cam(request: ExplainRequest, model: Any) -> tuple[np.ndarray, dict[str
     return cam, {"engine_note": note}
 
 
-_ENGINE: dict[str, Callable[[ExplainRequest, Any], tuple[np.ndarray, dict[str, Any]]]] = {
+_ENGINE: dict[str, Callable[[ExplainRequest, _Views], tuple[np.ndarray, dict[str, Any]]]] = {
     "vanilla_gradients": _vanilla,
     "gradient_x_input": _gradient_x_input,
     "smoothgrad": _smoothgrad,
@@ -168,5 +250,7 @@ def compute_with_tf_explain(method: str, request: ExplainRequest) -> tuple[np.nd
     """Run ``method`` with tf-explain; returns (raw map, extras) like a native compute."""
     if method not in _ENGINE:
         raise ParameterError(f"tf-explain has no {method}")
-    model = _check_model(request)
-    return _ENGINE[method](request, model)
+    reason = unavailable_reason(method, request.bundle)
+    if reason is not None:
+        raise MethodNotApplicableError(reason)
+    return _ENGINE[method](request, _views(request.bundle))

@@ -1,9 +1,11 @@
 """Small, fast stand-ins for the demo assets, shared by the page and browser tests.
 
-``build_assets(folder)`` writes a tiny CAM-compatible model as ``models/demo_shapes.keras`` (with
+``build_assets(folder)`` writes a tiny CAM-compatible model as ``models/tiny_standin.keras`` (with
 ``demo_labels.txt``) and two sample images (one with an object mask) under ``samples/``, in the
-layout the dashboard expects; ``EXPLAINER_ASSETS_DIR`` then points the app at it. The real demo
-models are trained separately and are not needed by these tests.
+layout the dashboard expects; ``EXPLAINER_ASSETS_DIR`` then points the app at it. The stand-in's
+name is deliberately not a real demo model's, so no test can pass for the demo model while running
+the stand-in; being the only model in the folder, it is the dashboard's default. The real demo
+models are trained separately; tests/test_shipped_models.py runs them.
 """
 
 from __future__ import annotations
@@ -18,6 +20,8 @@ APP = Path(__file__).resolve().parents[1] / "app.py"
 CLASS_NAMES = ("circle", "square", "triangle")
 MODEL_SIDE = 32
 SAMPLE_SIDE = 48
+#: The stand-in model's file name under ``models/`` (not a real asset's name).
+STANDIN_MODEL = "tiny_standin.keras"
 
 
 def tiny_cam_model(seed: int = 0):
@@ -91,7 +95,7 @@ def build_assets(folder: Path) -> Path:
     models, samples = folder / "models", folder / "samples"
     models.mkdir(parents=True, exist_ok=True)
     samples.mkdir(parents=True, exist_ok=True)
-    tiny_cam_model().save(models / "demo_shapes.keras")
+    tiny_cam_model().save(models / STANDIN_MODEL)
     (models / "demo_labels.txt").write_text("\n".join(CLASS_NAMES) + "\n")
     for index, kind in enumerate(("circle", "square")):
         rgb, mask = sample_image(kind, seed=index)
