@@ -77,11 +77,22 @@ def cam_pipeline(
 
 
 def _finish(
-    request: ExplainRequest, cam: np.ndarray, shape: tuple[int, ...]
+    request: ExplainRequest,
+    cam: np.ndarray,
+    shape: tuple[int, ...],
+    diagnostics: dict[str, Any] | None = None,
 ) -> tuple[np.ndarray, dict[str, Any]]:
+    """Optional ReLU; the extras carry the layer's shape and, under ``"_diagnostics"`` (read and
+    removed by :func:`explainers.explain`), the map's range before the ReLU, so that an empty
+    map can be explained (everything ≤ 0 and cut by the ReLU, or exactly 0 already)."""
+    facts = {
+        **(diagnostics or {}),
+        "pre_relu_min": float(np.min(cam)),
+        "pre_relu_max": float(np.max(cam)),
+    }
     if request.params.get("relu", True):
         cam = np.maximum(cam, 0.0)
-    return cam.astype(np.float32), {"layer_shape": list(shape)}
+    return cam.astype(np.float32), {"layer_shape": list(shape), "_diagnostics": facts}
 
 
 # ------------------------------------------------------------------------------------------------
@@ -153,12 +164,24 @@ def score_cam_inputs(maps: tf.Tensor, x: tf.Tensor) -> tf.Tensor:
     return tf.repeat(masks, tf.shape(x)[2], axis=-1) * x[None]
 
 
-def score_cam_weights(request: ExplainRequest, acts: np.ndarray) -> np.ndarray:
-    """Score-CAM: each channel's weight is the rise in the class probability when the input is
-    masked by that channel's upsampled, min-max normalised activation map (Wang et al. 2020,
-    Eqs. 3–5): ``w_k = p_c(X ∘ H_k) − p_c(X_b)`` with a zero baseline ``X_b``.
+def score_cam_weights(
+    request: ExplainRequest, acts: np.ndarray
+) -> tuple[np.ndarray, dict[str, Any]]:
+    """Score-CAM's channel weights: the class probability of the input masked by each channel's
+    upsampled, min-max normalised activation map, ``w_k = p_c(X ∘ H_k)``.
 
-    ``acts`` are the layer's activations (h, w, K) for the image; returns float64 (K,).
+    This is what the authors' reference code (haofanwang/Score-CAM, ``cam/scorecam.py``) and
+    tf-keras-vis (``Scorecam``) compute: the softmax score of the masked input, with no baseline
+    subtracted. The paper's channel-wise increase of confidence (Wang et al. 2020, Eqs. 3–5),
+    ``w_k = p_c(X ∘ H_k) − p_c(X_b)``, shifts every weight by the same constant ``p_c(X_b)``; for
+    a model whose baseline image (all zeros in its input space) already scores the class highly
+    — the demo model calls a black image "circle" at p ≈ 0.998 — every weight is then ≤ 0 and
+    the ReLU empties the map. That form is kept as ``baseline_subtract=True``. (pytorch-grad-cam
+    goes the other way and applies a softmax over the channels' target scores.)
+
+    A channel whose activation map is constant gets weight 0, as in the reference code, which
+    skips it (its mask would be all zeros). ``acts`` are the layer's activations (h, w, K) for
+    the image; returns the weights, float64 (K,), and diagnostics for :func:`explainers.explain`.
     """
     bundle = request.bundle
     x = request.x[0]
@@ -167,8 +190,6 @@ def score_cam_weights(request: ExplainRequest, acts: np.ndarray) -> np.ndarray:
     channels = np.arange(n_channels)
     if 0 < max_channels < n_channels:  # keep the most active channels (a documented speed-up)
         channels = np.sort(np.argsort(-acts.mean(axis=(0, 1)))[:max_channels])
-    # The zero baseline's prediction is memoised by the runner: paid once per model.
-    _, baseline_probs = bundle.runner.predict(np.zeros((1, *x.shape), np.float32))
     maps = np.moveaxis(acts[:, :, channels], -1, 0).astype(np.float32)  # (k, h', w')
     _, probs = bundle.runner.built_forward(
         score_cam_inputs,
@@ -178,9 +199,24 @@ def score_cam_weights(request: ExplainRequest, acts: np.ndarray) -> np.ndarray:
         progress=request.progress,
         message="Score-CAM channels",
     )
+    masked = probs[:, request.target].astype(np.float64)
+    varying = maps.max(axis=(1, 2)) > maps.min(axis=(1, 2))  # as in score_cam_inputs
+    diagnostics: dict[str, Any] = {
+        "observed_range": [float(masked[varying].min()), float(masked[varying].max())]
+        if varying.any()
+        else None,
+        "channels_used": int(varying.sum()),
+    }
+    if request.params.get("baseline_subtract", False):
+        # The zero baseline's prediction is memoised by the runner: paid once per model.
+        _, baseline_probs = bundle.runner.predict(np.zeros((1, *x.shape), np.float32))
+        baseline = float(baseline_probs[0, request.target])
+        masked = masked - baseline
+        diagnostics["baseline_probability"] = baseline
     weights = np.zeros(n_channels)
-    weights[channels] = probs[:, request.target] - baseline_probs[0, request.target]
-    return weights
+    weights[channels] = np.where(varying, masked, 0.0)
+    diagnostics["positive_weights"] = int(np.sum(weights > 0))
+    return weights, diagnostics
 
 
 def score_cam(request: ExplainRequest) -> tuple[np.ndarray, dict[str, Any]]:
@@ -191,8 +227,14 @@ def score_cam(request: ExplainRequest) -> tuple[np.ndarray, dict[str, Any]]:
         batch_size=resolve_batch_size(request.params.get("batch_size"), request.x.shape[1:]),
     )
     acts = activations[0].astype(np.float64)
-    cam = np.sum(score_cam_weights(request, acts) * acts, axis=-1)
-    return _finish(request, cam, acts.shape)
+    weights, diagnostics = score_cam_weights(request, acts)
+    cam = np.sum(weights * acts, axis=-1)
+    map_, extras = _finish(request, cam, acts.shape, diagnostics)
+    extras["channels_weighted"] = diagnostics["channels_used"]
+    extras["positive_weights"] = diagnostics["positive_weights"]
+    if "baseline_probability" in diagnostics:
+        extras["baseline_probability"] = diagnostics["baseline_probability"]
+    return map_, extras
 
 
 # ------------------------------------------------------------------------------------------------
@@ -341,14 +383,15 @@ _cam_method(
     "Score-CAM",
     score_cam,
     needs_gradients=False,
-    description="Each feature map, used as a mask on the input, is weighted by how much it "
-    "raises the class probability. No gradients; one forward pass per channel.",
+    description="Each feature map, used as a mask on the input, is weighted by the class "
+    "probability of the masked image. No gradients; one forward pass per channel.",
     reference="Wang et al., Score-CAM: Score-Weighted Visual Explanations for Convolutional "
     "Neural Networks, CVPR-W 2020",
     reference_url="https://arxiv.org/abs/1910.01279",
     cost="1 + channels forward passes (batched)",
     passes=lambda p, b: (
         1
+        + int(bool(p.get("baseline_subtract", False)))  # the all-zero input, when subtracted
         + (
             int(p["max_channels"])
             or (
@@ -359,9 +402,26 @@ _cam_method(
         ),
         0,
     ),
-    formula=r"w^c_k = p_c(X \circ H_k) - p_c(X_b),\ H_k = \mathrm{norm}(\mathrm{up}(A^k))",
-    caveats="Cost grows with the number of channels; max_channels keeps the most active ones.",
+    formula=r"w^c_k = p_c(X \circ H_k)\ \big[-\,p_c(X_b)\big],\ "
+    r"H_k = \mathrm{norm}(\mathrm{up}(A^k))",
+    caveats="Cost grows with the number of channels; max_channels keeps the most active ones. "
+    "By default a channel's weight is the masked image's class probability, as in the authors' "
+    "code and tf-keras-vis; the paper's baseline-subtracted weights (baseline_subtract) shift "
+    "every weight by the same constant and empty the map when an all-zero input already scores "
+    "the class.",
     extra_params=(
+        ParamSpec(
+            "baseline_subtract",
+            "bool",
+            False,
+            "Subtract the class probability of an all-zero input (black for 0..1 inputs) from "
+            "every channel weight: the paper's 'increase of confidence' formula. It shifts all "
+            "weights by the same amount, so if the blank image already scores the class, every "
+            "weight is ≤ 0 and the ReLU leaves an empty map. Off (default) weights each channel "
+            "by the masked image's probability, as the authors' code and tf-keras-vis do.",
+            advanced=True,
+            title="Subtract the baseline score",
+        ),
         ParamSpec(
             "max_channels",
             "int",

@@ -13,7 +13,7 @@ from .errors import ExplainerError, ParameterError
 from .images import check_image_array
 from .maps import resize_map
 from .models import ModelBundle
-from .registry import ENGINES, ExplainRequest, get_method
+from .registry import ENGINES, ExplainRequest, MethodSpec, get_method
 
 
 @dataclass(frozen=True, eq=False)
@@ -24,6 +24,18 @@ class Explanation:
     passed in; ``model_attribution`` is the same map at the resolution the method computed it
     (model input for gradient and perturbation methods, the layer's grid for CAM methods).
     Positive values are evidence *for* the target class.
+
+    ``extras`` holds the method's own facts (e.g. a completeness gap) and always two more:
+
+    * ``"warnings"``: a list of plain-English strings, empty for a healthy map. Each names what
+      is wrong with this map (all zero, constant, negligible against the explained score, the
+      score flat or saturated to float32 precision, a target class the model hardly predicts)
+      and what to try instead. See :func:`check_map`.
+    * ``"magnitude"``: the raw map's size in real units, measured on ``model_attribution``:
+      ``{"min", "max", "sum", "max_abs"}`` (floats), ``"score"`` (the explained score's name:
+      ``"logit"``, ``"log-probability"`` or ``"probability"``), ``"score_value"`` (its value
+      for the target on this input), ``"score_text"`` (e.g. ``"logit of circle = 15.72"``) and
+      ``"units"`` (what one unit of the map is, in words).
     """
 
     attribution: np.ndarray
@@ -72,6 +84,415 @@ def _checked_probs(probs: np.ndarray) -> np.ndarray:
             "check the model and the preprocessing"
         )
     return probs
+
+
+# ------------------------------------------------------------------------------------------------
+# Map checks: no silent empty or meaningless map
+# ------------------------------------------------------------------------------------------------
+#: Methods that explain the class probability; the others explain the runner's class score
+#: (the logit, or the log-probability when the model outputs probabilities it computed itself).
+PROBABILITY_METHODS = frozenset({"score_cam", "rise", "lime", "kernel_shap"})
+#: A map (or the score changes a method saw) below this fraction of the explained score is
+#: float32 rounding, not evidence: float32 resolves about 1.2e-7 of a value, and the methods'
+#: sums of many terms lose a few more digits.
+NEGLIGIBLE = 1e-6
+#: A map whose spread (max − min) is below this fraction of its largest value is constant.
+CONSTANT = 1e-5
+#: Below this probability the target is a class the model does not predict.
+LOW_PROBABILITY = 0.01
+#: 1 − p below this: float32 probabilities next to 1 are 6e-8 apart, so small changes vanish.
+SATURATION = 1e-6
+#: The model's top class at or below this multiple of chance (1 / classes): an untrained model,
+#: or an input it learned nothing about (an untrained demo CNN gives 0.256 for 4 classes, an
+#: untrained MobileNetV2 exactly 1/1000; the trained demo model ≥ 0.97 on its samples).
+NEAR_CHANCE = 1.1
+
+#: What one of a method's perturbations is called in the warnings.
+_PERTURBATION = {
+    "occlusion": "occluded patch",
+    "rise": "random mask",
+    "lime": "superpixel coalition",
+    "kernel_shap": "superpixel coalition",
+    "score_cam": "masked image",
+}
+
+
+def _class_score_name(bundle: ModelBundle, scores: np.ndarray) -> str:
+    """What the runner's class scores are: logits (recovered before a softmax/sigmoid, or the
+    model's own output), log-odds of a single probability unit (a logit too), or the
+    log-probabilities of a model that outputs probabilities it computed itself."""
+    if bundle.output_kind != "probabilities":
+        return "logit"
+    if len(scores) == 2 and abs(float(scores[0] + scores[1])) <= 1e-6 * max(
+        1.0, abs(float(scores[1]))
+    ):
+        return "logit"  # a single unit: the scores are ±log-odds
+    return "log-probability"
+
+
+def explained_score(
+    method: str,
+    params: dict[str, Any],
+    engine: str,
+    bundle: ModelBundle,
+    scores: np.ndarray,
+    probs: np.ndarray,
+    target: int,
+) -> tuple[str, float]:
+    """(name, value) of the score ``method`` explains for ``target``: ``"logit"``,
+    ``"log-probability"`` or ``"probability"`` (README, "What the score is"). ``scores`` and
+    ``probs`` are the runner's (n_classes,) rows for the input."""
+    p = float(probs[target])
+    runner_score = (_class_score_name(bundle, scores), float(scores[target]))
+    if engine == "tf_explain":
+        # tf-explain differentiates the model's output as it is, strips only a separate final
+        # activation layer for vanilla gradients and gradient × input, and smooths the gradient
+        # of the cross-entropy (−log p_c), which we negate (tf_explain_engine).
+        if method == "smoothgrad":
+            return "log-probability", float(np.log(max(p, np.finfo(np.float64).tiny)))
+        last = next((i.class_name for i in bundle.layers if i.path == bundle.output_layer), "")
+        stripped = last in ("Activation", "Softmax")  # a separate softmax/sigmoid layer
+        if method in ("vanilla_gradients", "gradient_x_input") and stripped:
+            return runner_score
+        if bundle.output_kind in ("softmax", "sigmoid", "probabilities"):
+            return "probability", p
+        return runner_score
+    if method in PROBABILITY_METHODS or (
+        method == "occlusion" and params.get("score") == "probability"
+    ):
+        return "probability", p
+    return runner_score
+
+
+def _resolution(kind: str, value: float) -> float:
+    """The smallest change of a score of this kind and size that is more than float32 rounding:
+    relative for probabilities (float32 resolves p to ~1e-7 of p at any size), relative with a
+    floor of 1 for logits and log-probabilities (a change of 1e-6 in a logit moves p by < 1e-6
+    of itself)."""
+    if kind == "probability":
+        return NEGLIGIBLE * max(abs(value), np.finfo(np.float32).tiny)
+    return NEGLIGIBLE * max(1.0, abs(value))
+
+
+def _units(method: str, params: dict[str, Any], score: str) -> str:
+    base = params.get("base") if method == "smoothgrad" else method
+    if method == "smoothgrad" and params.get("squared"):
+        return f"squared {_units(str(base), {}, score)}, averaged over noisy copies"
+    if base in ("vanilla_gradients", "guided_backprop"):
+        kind = "guided gradient" if base == "guided_backprop" else "gradient"
+        return f"{kind} of the {score}: {score} per unit of model input, summed over channels"
+    if base in ("gradient_x_input", "integrated_gradients"):
+        return f"{score} contributions, summed over colour channels"
+    return {
+        "occlusion": f"drop in the {score} when a patch over the pixel is hidden (mean)",
+        "rise": "probability (mask-weighted average"
+        + (", minus the mean masked probability)" if params.get("center") else ")"),
+        "lime": "change in probability for showing the superpixel (surrogate weight)",
+        "kernel_shap": "probability (Shapley value of the pixel's superpixel)",
+        "cam": f"activation × output-layer weight (sums to h·w × ({score} − bias))",
+        "grad_cam": f"activation × mean gradient of the {score}",
+        "grad_cam_plus_plus": f"activation × Grad-CAM++ weight of the {score}",
+        "layer_cam": f"activation × positive gradient of the {score}",
+        "score_cam": "activation × class probability of the masked image",
+        "guided_grad_cam": f"guided gradient × Grad-CAM of the {score}",
+    }.get(str(base), score)
+
+
+def _effect(method: str, params: dict[str, Any], raw: np.ndarray, x: np.ndarray):
+    """The map's size in units of the explained score, and what was measured; None where the
+    map is not in the score's units (Score-CAM: probability × activation; guided Grad-CAM).
+
+    Attribution maps that spread the score over many pixels are measured by their total
+    (gradients by the first-order effect Σ|∂S/∂x| × the input's value range), maps whose every
+    value is itself a score change (patches, masks, superpixels) by their largest value.
+    """
+    magnitude = np.abs(raw.astype(np.float64))
+    total = float(magnitude.sum())
+    value_range = float(x.max() - x.min()) or 1.0
+    cells = raw.shape[0] * raw.shape[1]
+    base = params.get("base") if method == "smoothgrad" else method
+    if method == "smoothgrad" and params.get("squared"):
+        total = float(np.sqrt(cells * total))  # Σ|g| ≤ √n ‖g‖₂, and the map holds mean g²
+    if base in ("integrated_gradients", "gradient_x_input", "grad_cam", "layer_cam"):
+        return total, "total attribution"
+    if base in ("vanilla_gradients", "guided_backprop"):
+        return total * value_range, "first-order effect (Σ|gradient| × the input's range)"
+    if method == "cam":  # the map's mean is the logit minus the bias
+        return total / cells, "total attribution / (h·w)"
+    if method == "grad_cam_plus_plus":  # ≈ (h·w / 2) × Grad-CAM for a pooled head
+        return 2.0 * total / cells, "total attribution × 2 / (h·w)"
+    if method in ("occlusion", "rise", "lime", "kernel_shap"):
+        return float(magnitude.max()), "largest value"
+    return None
+
+
+def _zero_description(bundle: ModelBundle) -> str:
+    return {"0_1": "a black image", "-1_1": "a mid-gray image", "none": "a black image"}.get(
+        bundle.preprocessing, "zero in the model's input space"
+    )
+
+
+def _probability_text(p: float) -> str:
+    return f"{p:.6f}" if p > 0.999 else f"{p:.4g}"
+
+
+def check_map(
+    raw: np.ndarray,
+    spec: MethodSpec,
+    params: dict[str, Any],
+    engine: str,
+    bundle: ModelBundle,
+    x: np.ndarray,
+    scores: np.ndarray,
+    probs: np.ndarray,
+    target: int,
+    layer: str | None,
+    diagnostics: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """``{"warnings": [...], "magnitude": {...}}`` for a method's raw map (see
+    :class:`Explanation`). Deterministic and cheap: it reads the map, the input's (memoised)
+    prediction and the facts the method left in ``diagnostics`` — ``observed_range`` (the
+    explained score's range over the method's perturbed inputs), and for the CAM family the map's
+    range before the ReLU and Score-CAM's weights — and runs no model pass.
+
+    At most one warning about the model or the target (its top class at chance level; else the
+    target a class it hardly predicts) and one about the map (the score flat or saturated under
+    the method's perturbations; else the map all zero; constant; or negligible against the score).
+    """
+    diagnostics = diagnostics or {}
+    method = spec.name
+    label = bundle.class_names[target]
+    score, value = explained_score(method, params, engine, bundle, scores, probs, target)
+    value_text = _probability_text(value) if score == "probability" else f"{value:.4g}"
+    score_text = f"{score} of {label} = {value_text}"
+    values = raw.astype(np.float64)
+    low, high = float(values.min()), float(values.max())
+    max_abs = max(abs(low), abs(high))
+    magnitude = {
+        "min": low,
+        "max": high,
+        "sum": float(values.sum()),
+        "max_abs": max_abs,
+        "score": score,
+        "score_value": value,
+        "score_text": score_text,
+        "units": _units(method, params, score),
+    }
+    warnings: list[str] = []
+
+    # The model: its top class at chance level.
+    p = float(probs[target])
+    top = int(np.argmax(probs))
+    p_top, n = float(probs[top]), len(probs)
+    if p_top <= NEAR_CHANCE / n:
+        warnings.append(
+            f"The model's top class, '{bundle.class_names[top]}', has p = {p_top:.4g}, at or "
+            f"barely above chance (1/{n} = {1 / n:.4g}): the model looks untrained, or finds "
+            "nothing it learned in this image, so the map shows no learned evidence. Check that "
+            "the file holds trained weights and that the preprocessing "
+            f"({bundle.preprocessing}) matches training."
+        )
+    elif p < LOW_PROBABILITY and target != top:
+        warnings.append(
+            f"This explains '{label}', a class the model gives p = {p:.2g} (its top class is "
+            f"'{bundle.class_names[top]}' at p = {p_top:.3f}): positive values are evidence for "
+            f"'{label}', not for the model's decision. Explain the top class to see what drove "
+            "the prediction."
+        )
+    elif p < LOW_PROBABILITY:
+        warnings.append(
+            f"This explains '{label}', the model's top class but at only p = {p:.2g}: the model "
+            "is unsure, so read the map as evidence for a guess."
+        )
+
+    # The map.
+    message = _map_warning(
+        raw, spec, params, bundle, x, label, score, value, score_text, layer, diagnostics
+    )
+    if message:
+        warnings.append(message)
+    return {"warnings": warnings, "magnitude": magnitude}
+
+
+def _logit_advice(method: str) -> str:
+    if method == "occlusion":
+        return "Set Score to 'logit' (an advanced parameter): the logit keeps resolving."
+    return (
+        "Use occlusion with Score = 'logit', or a gradient or CAM method (they explain the logit)."
+    )
+
+
+def _map_warning(
+    raw: np.ndarray,
+    spec: MethodSpec,
+    params: dict[str, Any],
+    bundle: ModelBundle,
+    x: np.ndarray,
+    label: str,
+    score: str,
+    value: float,
+    score_text: str,
+    layer: str | None,
+    diagnostics: dict[str, Any],
+) -> str | None:
+    method, name = spec.name, spec.label
+    values = raw.astype(np.float64)
+    low, high = float(values.min()), float(values.max())
+    max_abs = max(abs(low), abs(high))
+    spread = high - low
+    if max_abs == 0.0:
+        state = "is all zero"
+    elif spread <= CONSTANT * max_abs:
+        state = "is constant"
+    else:
+        state = "is rounding noise"
+    relu = bool(params.get("relu", False)) and spec.family == "cam"
+
+    # 1. The explained score did not move under any of the method's perturbations.
+    whole = method == "rise" and float(params.get("keep_probability", 0.5)) >= 1.0
+    observed = None if whole else diagnostics.get("observed_range")
+    if observed is not None:
+        lo, hi = float(observed[0]), float(observed[1])
+        if hi - lo <= _resolution(score, max(abs(lo), abs(hi))):
+            seen = f"all at {hi:.7g}" if lo == hi else f"{lo:.7g} to {hi:.7g}"
+            saturated = score == "probability" and 1.0 - value <= SATURATION
+            if method == "score_cam" and "baseline_probability" not in diagnostics and hi > 0:
+                return (
+                    f"Every masked image scored '{label}' the same (p {seen}), so all channels "
+                    "got equal weight and the map is just the sum of the layer's activations, "
+                    "the same for every class. "
+                    + (
+                        f"'{label}' is saturated at p = {_probability_text(value)}. "
+                        if saturated
+                        else ""
+                    )
+                    + "Use Grad-CAM, which explains the logit, or occlusion with Score = 'logit'"
+                    + ("." if saturated else ", and check that the model is trained.")
+                )
+            unit = _PERTURBATION.get(method, "perturbation")
+            if saturated:
+                return (
+                    f"'{label}' is saturated at p = {_probability_text(value)}: float32 cannot "
+                    f"resolve probabilities this close to 1, so every {unit} scored the same "
+                    f"({seen}) and the map {state}. {_logit_advice(method)}"
+                )
+            advice = (
+                "Try a larger patch or another fill, or check that the model is trained."
+                if method == "occlusion" and score != "probability"
+                else _logit_advice(method) + " Check that the model is trained."
+            )
+            return (
+                f"No {unit} changed the {score} of '{label}' beyond float32 rounding ({seen}), "
+                f"so the map {state}: the model's output does not depend on what {name} hides. "
+                + advice
+            )
+
+    if whole:
+        return (
+            f"The RISE map {state}: with keep probability 1 every mask shows the whole image, "
+            "so no pixel is ever hidden. Lower it (the paper's value is 0.5)."
+        )
+
+    # 2. All zero.
+    if max_abs == 0.0:
+        if (
+            method == "score_cam"
+            and relu
+            and "baseline_probability" in diagnostics
+            and diagnostics.get("positive_weights", 1) == 0
+        ):
+            return (
+                "Every Score-CAM channel weight is ≤ 0: the baseline, an all-zero input ("
+                f"{_zero_description(bundle)}), already scores '{label}' at p = "
+                f"{_probability_text(diagnostics['baseline_probability'])}, as high as any "
+                "masked image, so subtracting it leaves nothing for the ReLU to keep. Turn off "
+                "'Subtract the baseline score' (the default, as in the authors' code and "
+                "tf-keras-vis), or turn off the ReLU to see the signed map."
+            )
+        where = f" of layer {layer}" if layer else ""
+        if spec.family == "cam":
+            pre_max = diagnostics.get("pre_relu_max")
+            pre_min = diagnostics.get("pre_relu_min")
+            if relu and pre_max is not None and pre_max <= 0.0 and (pre_min or 0.0) < 0.0:
+                bound = -pre_min * raw.shape[0] * raw.shape[1]  # ≥ Σ|map| before the ReLU (all ≤ 0)
+                if method in ("grad_cam", "layer_cam") and bound < _resolution(score, value):
+                    return (
+                        f"The {name} map is all zero, and even before the ReLU its values (down "
+                        f"to {pre_min:.2g}) are float32 rounding next to the {score_text}: the "
+                        f"{score} barely depends on {f'layer {layer}' if layer else 'it'}. "
+                        "Check that the model is trained and the preprocessing is right, or try "
+                        "another layer."
+                    )
+            if relu and pre_max is not None and pre_max <= 0.0 and (pre_min or 0.0) < 0.0:
+                return (
+                    f"The {name} map is all zero: every position{where} is ≤ 0 before the ReLU "
+                    f"(the channels, as {name} weights them, count against '{label}' "
+                    "everywhere), so the ReLU removed it all. Turn off 'ReLU on the map' to see "
+                    "the signed map, or try another layer or method."
+                )
+            if relu and pre_max is None:  # an engine that reports nothing before the ReLU
+                return (
+                    f"The {name} map is all zero: no position{where} is positive after the "
+                    "ReLU. Turn off 'ReLU on the map' to see the signed map, or try another "
+                    "layer or method."
+                )
+            cause = {
+                "cam": "the layer's activations are all zero",
+                "score_cam": "the layer's activations are zero or constant for this image, or "
+                "every masked image has probability 0",
+            }.get(
+                method,
+                f"the {score}'s gradient at this layer is zero (saturated or dead units) or the "
+                "layer's activations are all zero",
+            )
+            return (
+                f"The {name} map is exactly 0 everywhere{where}: {cause}. Try an earlier layer, "
+                "or a perturbation method such as occlusion; check that the model is trained."
+            )
+        if spec.family == "gradient":
+            return (
+                f"The {name} map is exactly 0: the {score}'s gradient is 0 at every pixel (dead "
+                "or saturated units, or a model that ignores its input). Try occlusion with "
+                "Score = 'logit', and check that the model is trained."
+            )
+        return (
+            f"The {name} map is exactly 0: none of its perturbations moved the {score} of "
+            f"'{label}'. Try other parameters (patch size, fill, more samples) or another "
+            "method."
+        )
+
+    # 3. Constant.
+    if spread <= CONSTANT * max_abs:
+        if method in ("lime", "kernel_shap"):
+            advice = "Try more samples, more superpixels or another fill."
+        else:
+            advice = "Try other parameters or another method."
+        size = f"{values.mean():.4g}" if spread == 0.0 else f"{values.mean():.4g} ± {spread:.1g}"
+        return (
+            f"The {name} map has the same value ({size}) everywhere, so it points at nothing. "
+            + advice
+        )
+
+    # 4. Negligible against the explained score.
+    effect = _effect(method, params, raw, x)
+    if effect is not None:
+        size, measure = effect
+        if size < _resolution(score, value):
+            saturated = score == "probability" and 1.0 - value <= SATURATION
+            advice = (
+                f"'{label}' is saturated at p = {_probability_text(value)}. "
+                + _logit_advice(method)
+                if saturated
+                else f"The model's {score} barely depends on this input: check that the model "
+                "is trained and the preprocessing is right."
+            )
+            return (
+                f"The {name} map is negligible: its {measure} is {size:.2g} in {score} units, "
+                f"float32 rounding next to the {score_text} (the limit is "
+                f"{_resolution(score, value):.1g}), although the colour scale stretches it into "
+                f"a confident-looking heatmap. {advice}"
+            )
+    return None
 
 
 def explain(
@@ -155,11 +576,29 @@ def explain(
         raw, extras = compute_with_tf_explain(spec.name, request)
     else:
         raw, extras = spec.compute(request)
+    scores, checked = runner.predict(x)
     if probs is None:
-        probs = _checked_probs(runner.predict(x)[1])
+        probs = _checked_probs(checked)
     raw = np.asarray(raw, np.float32)
     if not np.all(np.isfinite(raw)):
         raise ExplainerError(f"{spec.label} produced non-finite values for this model and image")
+    extras = dict(extras)
+    diagnostics = extras.pop("_diagnostics", None) or {}
+    extras.update(
+        check_map(
+            raw,
+            spec,
+            resolved,
+            engine,
+            bundle,
+            x[0],
+            scores[0],
+            probs[0],
+            target_index,
+            layer,
+            diagnostics,
+        )
+    )
     if progress is not None:
         progress(1.0, "done")
     return Explanation(

@@ -113,12 +113,17 @@ def occlusion_map(request: ExplainRequest) -> tuple[np.ndarray, dict[str, Any]]:
         progress=request.progress,
         message="occlusion patches",
     )
-    drops = reference.astype(np.float64) - (s if use_logit else p)[:, request.target]
+    occluded = (s if use_logit else p)[:, request.target].astype(np.float64)
+    drops = float(reference) - occluded
     total = box_sums((h, w), corners, (ph, pw), drops)
     count = box_sums((h, w), corners, (ph, pw), np.ones(len(corners)))
     # Counts are exact small integers; the totals' round-off is ~1e-16 relative.
     sensitivity = np.divide(total, count, out=np.zeros_like(total), where=count > 0.5)
-    return sensitivity.astype(np.float32), {"patches": len(corners)}
+    # The explained score's range over the clean and occluded inputs, for explain()'s checks
+    # (a probability saturated at 1 in float32 gives every patch a drop of exactly 0).
+    observed = [float(min(reference, occluded.min())), float(max(reference, occluded.max()))]
+    extras = {"patches": len(corners), "_diagnostics": {"observed_range": observed}}
+    return sensitivity.astype(np.float32), extras
 
 
 register(

@@ -43,33 +43,58 @@ def blur_map(attribution: np.ndarray, sigma: float) -> np.ndarray:
     return gaussian_blur(attribution, sigma)
 
 
+def _part(values: np.ndarray, sign: Sign) -> np.ndarray:
+    if sign == "positive":
+        return np.maximum(values, 0)
+    if sign == "negative":
+        return np.maximum(-values, 0)
+    return np.abs(values)
+
+
+def _display_values(attribution: np.ndarray, sign: Sign, clip_percentile: float, blur: float):
+    if sign not in SIGNS:
+        raise ValueError(f"unknown sign {sign!r}; choose one of {', '.join(SIGNS)}")
+    if not 0 < clip_percentile <= 100:
+        raise ValueError(f"clip_percentile must be in (0, 100], got {clip_percentile}")
+    return blur_map(np.nan_to_num(np.asarray(attribution, np.float64)).astype(np.float32), blur)
+
+
+def display_scale(
+    attribution: np.ndarray,
+    *,
+    sign: Sign = "positive",
+    clip_percentile: float = 99.0,
+    blur: float = 0.0,
+) -> float:
+    """The raw value (in the map's own units) that gets the top colour when the map is scaled on
+    its own: the ``clip_percentile``-th percentile of the non-zero shown part; 0 for an empty
+    map. Several maps drawn with the largest of their scales share one colour scale."""
+    part = _part(_display_values(attribution, sign, clip_percentile, blur), sign)
+    nonzero = part[part > 0]
+    return float(np.percentile(nonzero, clip_percentile)) if nonzero.size else 0.0
+
+
 def normalise(
     attribution: np.ndarray,
     *,
     sign: Sign = "positive",
     clip_percentile: float = 99.0,
     blur: float = 0.0,
+    scale: float | None = None,
 ) -> np.ndarray:
     """Map a raw attribution to display values, float32 (H, W).
 
     ``positive``/``negative``/``absolute`` give values in [0, 1]: the chosen part of the map
     divided by its ``clip_percentile``-th percentile and clipped. ``signed`` gives [-1, 1], scaled
-    by the percentile of |map| so that zero stays zero (for a diverging colormap).
+    by the percentile of |map| so that zero stays zero (for a diverging colormap). With
+    ``scale`` (raw units, e.g. shared by several maps) the map is divided by it instead.
     """
-    if sign not in SIGNS:
-        raise ValueError(f"unknown sign {sign!r}; choose one of {', '.join(SIGNS)}")
-    if not 0 < clip_percentile <= 100:
-        raise ValueError(f"clip_percentile must be in (0, 100], got {clip_percentile}")
-    values = blur_map(np.nan_to_num(np.asarray(attribution, np.float64)).astype(np.float32), blur)
-    if sign == "positive":
-        part = np.maximum(values, 0)
-    elif sign == "negative":
-        part = np.maximum(-values, 0)
-    else:
-        part = np.abs(values)
-    nonzero = part[part > 0]
-    scale = float(np.percentile(nonzero, clip_percentile)) if nonzero.size else 0.0
-    if scale <= 0:
+    values = _display_values(attribution, sign, clip_percentile, blur)
+    part = _part(values, sign)
+    if scale is None:
+        nonzero = part[part > 0]
+        scale = float(np.percentile(nonzero, clip_percentile)) if nonzero.size else 0.0
+    if not scale > 0:
         return np.zeros(values.shape, np.float32)
     if sign == "signed":
         return np.clip(values / scale, -1.0, 1.0).astype(np.float32)
@@ -90,9 +115,12 @@ def heatmap(
     colormap: str | None = None,
     clip_percentile: float = 99.0,
     blur: float = 0.0,
+    scale: float | None = None,
 ) -> np.ndarray:
-    """The colour-mapped attribution alone, uint8 (H, W, 3)."""
-    display = normalise(attribution, sign=sign, clip_percentile=clip_percentile, blur=blur)
+    """The colour-mapped attribution alone, uint8 (H, W, 3); ``scale`` as in :func:`normalise`."""
+    display = normalise(
+        attribution, sign=sign, clip_percentile=clip_percentile, blur=blur, scale=scale
+    )
     return colorize(display, colormap or default_colormap(sign), signed=sign == "signed")
 
 
@@ -105,6 +133,7 @@ def overlay(
     alpha: float = 0.5,
     clip_percentile: float = 99.0,
     blur: float = 0.0,
+    scale: float | None = None,
 ) -> np.ndarray:
     """The heatmap alpha-blended over the image, uint8 (H, W, 3).
 
@@ -120,7 +149,12 @@ def overlay(
     if attribution.shape != image.shape[:2]:
         attribution = resize_map(attribution, image.shape[:2])
     colours = heatmap(
-        attribution, sign=sign, colormap=colormap, clip_percentile=clip_percentile, blur=blur
+        attribution,
+        sign=sign,
+        colormap=colormap,
+        clip_percentile=clip_percentile,
+        blur=blur,
+        scale=scale,
     )
     blended = (1.0 - alpha) * image[:, :, :3].astype(np.float32) + alpha * colours
     return np.clip(np.rint(blended), 0, 255).astype(np.uint8)
@@ -134,31 +168,50 @@ def heatmap_figure(
     clip_percentile: float = 99.0,
     title: str | None = None,
     height: int = 420,
+    units: str = "attribution",
+    scale: float | None = None,
 ) -> go.Figure:
-    """An interactive Plotly heatmap of the raw values (hover shows the value at each pixel).
+    """An interactive Plotly heatmap of the raw values, in their own units.
 
-    Colours follow the same sign and clipping as the overlay; hover text shows the raw number.
+    Colours follow the same sign and clipping as the overlay (the colour bar spans
+    ± ``scale``, the map's own clipping percentile unless given, in raw units and titled
+    ``units``); hover text shows the raw number.
     """
     import plotly.graph_objects as go
 
     raw = np.asarray(attribution, np.float32)
-    display = normalise(raw, sign=sign, clip_percentile=clip_percentile)
-    signed = sign == "signed"
+    if scale is None:
+        scale = display_scale(raw, sign=sign, clip_percentile=clip_percentile)
+    top = float(scale) if scale and scale > 0 else float(np.max(np.abs(raw)) or 1.0)
+    if sign == "positive":
+        z, low = raw, 0.0
+    elif sign == "negative":
+        z, low = -raw, 0.0
+    elif sign == "absolute":
+        z, low = np.abs(raw), 0.0
+    else:
+        z, low = raw, -top
+    label = f"−({units})" if sign == "negative" else f"|{units}|" if sign == "absolute" else units
     figure = go.Figure(
         go.Heatmap(
-            z=display,
+            z=z,
             customdata=raw,
             colorscale=colormap or default_colormap(sign),
-            zmin=-1.0 if signed else 0.0,
-            zmax=1.0,
+            zmin=low,
+            zmax=top,
             hovertemplate="x=%{x}, y=%{y}<br>raw=%{customdata:.4g}<extra></extra>",
-            colorbar={"title": {"text": "scaled"}},
+            colorbar={"exponentformat": "e"},
         )
     )
     figure.update_yaxes(autorange="reversed", scaleanchor="x", constrain="domain")
     figure.update_xaxes(constrain="domain")
+    # The units can be a phrase ("Δ probability of circle when the patch is hidden"): they head
+    # the chart rather than squeeze along the colour bar.
+    heading = f"{title} · {label}" if title else label
     figure.update_layout(
-        height=height, margin={"l": 10, "r": 10, "t": 40 if title else 10, "b": 10}, title=title
+        height=height,
+        margin={"l": 10, "r": 10, "t": 34, "b": 10},
+        title={"text": heading, "font": {"size": 12}, "x": 0.0, "xanchor": "left"},
     )
     return figure
 

@@ -249,6 +249,7 @@ def rise_map(request: ExplainRequest) -> tuple[np.ndarray, dict[str, Any]]:
         "masks": n_masks,
         "cell_size": list(cells),
         "mean_masked_probability": mean_score,
+        "_diagnostics": {"observed_range": [float(scores.min()), float(scores.max())]},
     }
     return saliency.astype(np.float32), extras
 

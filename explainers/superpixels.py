@@ -127,6 +127,10 @@ class _Coalitions:
 
     def __init__(self, request: ExplainRequest, segments: np.ndarray, fill: np.ndarray) -> None:
         self.runner = request.bundle.runner
+        self.target = request.target
+        #: The target class probability's range over every coalition evaluated (explain()'s
+        #: checks: a probability flat to float32 precision leaves the weights meaningless).
+        self.observed: list[float] | None = None
         self.shared = (
             tf.constant(segments, tf.int32),
             tf.constant(request.x[0], tf.float32),
@@ -142,6 +146,12 @@ class _Coalitions:
             self.shared,
             batch_size=max(1, len(coalitions)),
         )
+        if len(probs):
+            column = probs[:, self.target]
+            low, high = float(column.min()), float(column.max())
+            if self.observed is not None:
+                low, high = min(low, self.observed[0]), max(high, self.observed[1])
+            self.observed = [low, high]
         return probs.astype(np.float64)
 
 
@@ -270,7 +280,8 @@ def lime_map(request: ExplainRequest) -> tuple[np.ndarray, dict[str, Any]]:
     def unused_classifier(images: np.ndarray) -> np.ndarray:
         raise AssertionError("the batched explainer evaluates coalitions itself")
 
-    explainer = _batched_lime_explainer(_Coalitions(request, segments, hidden), report, seed)
+    coalitions = _Coalitions(request, segments, hidden)
+    explainer = _batched_lime_explainer(coalitions, report, seed)
     explanation = explainer.explain_instance(
         request.image,
         unused_classifier,
@@ -290,6 +301,7 @@ def lime_map(request: ExplainRequest) -> tuple[np.ndarray, dict[str, Any]]:
         "surrogate_r2": float(explanation.score),
         "surrogate_intercept": float(explanation.intercept[request.target]),
         "surrogate_prediction": float(np.ravel(explanation.local_pred)[0]),
+        "_diagnostics": {"observed_range": coalitions.observed},
     }
     return weights[segments].astype(np.float32), extras
 
@@ -416,6 +428,7 @@ def kernel_shap_map(request: ExplainRequest) -> tuple[np.ndarray, dict[str, Any]
         "score_value": score,
         "shap_sum": float(phi.sum()),
         "efficiency_gap": float(phi.sum()) - (score - base),
+        "_diagnostics": {"observed_range": evaluator.observed},
     }
     return phi[segments].astype(np.float32), extras
 

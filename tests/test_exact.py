@@ -167,6 +167,8 @@ def test_grad_cam_plus_plus_and_layer_cam_by_hand(cam_bundle):
 
 
 def test_score_cam_by_hand(cam_bundle):
+    """Default: w_k = p_c(X ∘ H_k), the masked input's probability (the authors' code and
+    tf-keras-vis); baseline_subtract: the paper's w_k = p_c(X ∘ H_k) − p_c(X_b), X_b = 0."""
     model = cam_bundle.model
     x = (PIXELS / 255.0)[None, :, :, None]
     a = activations()
@@ -176,10 +178,15 @@ def test_score_cam_by_hand(cam_bundle):
         ak = a[:, :, k]
         mask = (ak - ak.min()) / (ak.max() - ak.min())  # same grid: upsampling is the identity
         p = keras.ops.convert_to_numpy(keras.ops.softmax(model(x * mask[None, :, :, None])))
-        weights.append(p[0, 1] - base)
+        weights.append(p[0, 1])
     expected = np.maximum((a * np.array(weights)).sum(-1), 0)
     result = explainers.explain(cam_bundle, as_image(PIXELS), "score_cam", target=1)
     np.testing.assert_allclose(result.model_attribution, expected, rtol=1e-4, atol=1e-7)
+    subtracted = np.maximum((a * (np.array(weights) - base)).sum(-1), 0)
+    paper = explainers.explain(
+        cam_bundle, as_image(PIXELS), "score_cam", target=1, baseline_subtract=True
+    )
+    np.testing.assert_allclose(paper.model_attribution, subtracted, rtol=1e-4, atol=1e-7)
 
 
 def test_guided_backprop_by_hand():

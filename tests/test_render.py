@@ -66,4 +66,39 @@ def test_heatmap_figure_hover_shows_raw_values():
     trace = figure.data[0]
     np.testing.assert_allclose(np.asarray(trace.customdata), MAP)
     assert "raw" in trace.hovertemplate
-    assert trace.zmin == -1.0 and trace.zmax == 1.0
+
+
+def test_heatmap_figure_is_in_raw_units():
+    """The chart's colour bar spans the map's own clipping value in raw units (not 0–1), names
+    the units, and a shared scale replaces it."""
+    signed = render.heatmap_figure(MAP, sign="signed", clip_percentile=100.0, units="Δ logit")
+    trace = signed.data[0]
+    top = float(np.abs(MAP).max())
+    assert (trace.zmin, trace.zmax) == pytest.approx((-top, top))
+    np.testing.assert_allclose(np.asarray(trace.z), MAP)
+    assert signed.layout.title.text == "Δ logit"
+    positive = render.heatmap_figure(MAP, sign="positive", clip_percentile=100.0).data[0]
+    assert (positive.zmin, positive.zmax) == pytest.approx((0.0, float(MAP.max())))
+    shared_figure = render.heatmap_figure(MAP, sign="absolute", scale=100.0, units="x")
+    shared = shared_figure.data[0]
+    assert shared.zmax == 100.0 and shared_figure.layout.title.text == "|x|"
+    np.testing.assert_allclose(np.asarray(shared.z), np.abs(MAP))
+
+
+def test_a_shared_scale_keeps_magnitudes_comparable():
+    """Two maps, one 1000× weaker: on their own scales they look the same; on one shared scale
+    the weak one is (nearly) blank and the strong one unchanged."""
+    strong = np.abs(MAP).astype(np.float32)
+    weak = strong / 1000
+    own = [render.normalise(m, sign="positive", clip_percentile=100.0) for m in (strong, weak)]
+    np.testing.assert_allclose(own[0], own[1], atol=1e-6)
+    scale = max(
+        render.display_scale(m, sign="positive", clip_percentile=100.0) for m in (strong, weak)
+    )
+    assert scale == pytest.approx(float(strong.max()))
+    shared = [
+        render.normalise(m, sign="positive", clip_percentile=100.0, scale=scale)
+        for m in (strong, weak)
+    ]
+    np.testing.assert_allclose(shared[0], own[0], atol=1e-6)
+    assert shared[1].max() == pytest.approx(own[1].max() / 1000, rel=1e-4)
