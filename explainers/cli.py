@@ -53,9 +53,17 @@ def _methods(args: argparse.Namespace) -> int:
             if p.choices:
                 allowed = "one of " + ", ".join(map(str, p.choices))
             else:
-                allowed = f"{p.low:g}..{p.high:g}" if p.low is not None else p.kind
+                allowed = f"{_number(p.low)}..{_number(p.high)}" if p.low is not None else p.kind
             print(f"    --param {p.name}={p.default}  ({allowed}) {p.help}")
     return 0
+
+
+def _number(value: float | None) -> str:
+    """A bound as the user types it: 2147483647, not 2.14748e+09; 0.5 stays 0.5."""
+    if value is None:
+        return "none"
+    number = float(value)
+    return str(int(number)) if number.is_integer() and abs(number) < 1e16 else f"{number:g}"
 
 
 def _parse_params(items: list[str]) -> dict[str, Any]:

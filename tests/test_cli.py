@@ -32,6 +32,14 @@ def test_methods_lists_every_method_with_parameters():
     assert steps["default"] == 32 and steps["low"] == 1
 
 
+def test_methods_text_prints_bounds_as_typed():
+    """Integer bounds print whole (a seed's range was shown as 0..2.14748e+09)."""
+    result = run_cli("methods")
+    assert result.returncode == 0, result.stderr
+    assert "--param seed=0  (0..2147483647)" in result.stdout
+    assert "e+0" not in result.stdout
+
+
 def test_explain_writes_overlay_and_raw_map(tmp_path):
     model_path = tmp_path / "model.keras"
     functional_softmax().save(model_path)
