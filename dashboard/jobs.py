@@ -35,6 +35,7 @@ from .protocol import (
     Prediction,
     SanityOutcome,
     WorkerReply,
+    pixels_digest,
     plain,
     summarise_method,
 )
@@ -98,7 +99,7 @@ def bundle(ref: ModelRef) -> explainers.ModelBundle:
 # ------------------------------------------------------------------------------------------------
 def describe(ref: ModelRef) -> ModelSummary:
     loaded = bundle(ref)
-    methods = tuple(summarise_method(info) for info in explainers.available_methods(loaded))
+    methods = tuple(summarise_method(info, loaded) for info in explainers.available_methods(loaded))
     return ModelSummary(
         ref=ref,
         name=loaded.name,
@@ -161,6 +162,7 @@ def explain(
         engine=result.engine,
         seconds=float(result.seconds),
         extras=plain(dict(result.extras)),
+        pixels_sha256=pixels_digest(pixels),
     )
 
 
@@ -275,6 +277,11 @@ def sanity(
     )
 
 
+def loaded_models() -> tuple[tuple[str, str, str | None], ...]:
+    """The keys of the models this worker holds, most recently used last."""
+    return tuple(_BUNDLES)
+
+
 def ping() -> str:
     return "pong"
 
@@ -307,6 +314,28 @@ def _test_sleep(seconds: float) -> str:
     return "slept"
 
 
+def _test_progress(seconds: float, tag: str, progress: Progress) -> str:
+    """Report progress every 10 ms for ``seconds``, then return ``tag``: a cancellable job."""
+    steps = max(1, int(seconds / 0.01))
+    for step in range(steps):
+        progress(step / steps, f"test: {step}/{steps}")
+        time.sleep(0.01)
+    return tag
+
+
+def _test_sleep_after_progress(seconds: float, progress: Progress) -> str:
+    """One progress call, then a long step that never checks for cancellation."""
+    progress(0.0, "test: one long step")
+    time.sleep(seconds)
+    return "slept"
+
+
+def _test_stray_reply(tag: str, request_id: int, progress: Any) -> str:
+    """Send a result that claims to answer request ``request_id``, then answer with "own"."""
+    progress.send_stray(WorkerReply("result", request_id=int(request_id), value=tag))
+    return "own"
+
+
 def _test_allocate(megabytes: int) -> int:
     block = np.ones(int(megabytes) * 2**20 // 8, np.float64)  # touched, so it is resident
     time.sleep(5)
@@ -329,9 +358,22 @@ TEST_JOBS: dict[str, Callable[..., Any]] = {
     "test_abort": _test_abort,
     "test_sleep": _test_sleep,
     "test_allocate": _test_allocate,
+    "test_progress": _test_progress,
+    "test_sleep_after_progress": _test_sleep_after_progress,
+    "test_stray_reply": _test_stray_reply,
 }
 #: Jobs that accept a ``progress`` callback.
-WITH_PROGRESS = frozenset({"explain", "attack", "evaluate", "sanity"})
+WITH_PROGRESS = frozenset(
+    {
+        "explain",
+        "attack",
+        "evaluate",
+        "sanity",
+        "test_progress",
+        "test_sleep_after_progress",
+        "test_stray_reply",
+    }
+)
 
 
 def _rss() -> int:

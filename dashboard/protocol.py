@@ -100,6 +100,13 @@ class MethodSummary:
     engines: tuple[str, ...]
     applicable: bool
     reason: str | None
+    #: Engines this method has that refuse this model, with the reason: ((engine, reason), ...).
+    refused_engines: tuple[tuple[str, str], ...] = ()
+
+    @property
+    def usable_engines(self) -> tuple[str, ...]:
+        refused = {engine for engine, _ in self.refused_engines}
+        return tuple(e for e in self.engines if e not in refused)
 
     @property
     def is_long(self) -> bool:
@@ -192,6 +199,16 @@ class ExplanationResult:
     engine: str
     seconds: float
     extras: dict[str, Any]
+    #: :func:`pixels_digest` of the pixels the worker explained (checked before caching).
+    pixels_sha256: str = ""
+
+
+def pixels_digest(pixels: np.ndarray) -> str:
+    """SHA-256 of an array's dtype, shape and bytes: names the exact pixels a result is for."""
+    array = np.ascontiguousarray(pixels)
+    digest = hashlib.sha256(f"{array.dtype.str}{array.shape}".encode())
+    digest.update(array.tobytes())
+    return digest.hexdigest()
 
 
 @dataclass(frozen=True, eq=False)
@@ -279,10 +296,18 @@ class SanityOutcome:
     seconds: float
 
 
-def summarise_method(info: Any) -> MethodSummary:
+def summarise_method(info: Any, bundle: Any = None) -> MethodSummary:
     """A :class:`explainers.MethodInfo` as plain data (its spec holds functions, which must not
-    cross the process boundary)."""
+    cross the process boundary). With the loaded ``bundle`` (in a worker), engines that refuse
+    the model are listed with their reason."""
     spec = info.spec
+    refused: list[tuple[str, str]] = []
+    if bundle is not None and "tf_explain" in spec.engines:
+        from explainers.tf_explain_engine import unavailable_reason
+
+        reason = unavailable_reason(spec.name, bundle)
+        if reason:
+            refused.append(("tf_explain", reason))
     return MethodSummary(
         name=spec.name,
         label=spec.label,
@@ -298,6 +323,7 @@ def summarise_method(info: Any) -> MethodSummary:
         engines=tuple(spec.engines),
         applicable=info.applicable,
         reason=info.reason,
+        refused_engines=tuple(refused),
     )
 
 
@@ -366,13 +392,18 @@ def loads(data: bytes) -> Any:
 
 @dataclass(frozen=True)
 class WorkerReply:
-    """One message from a worker: ``kind`` is "ready", "progress", "result" or "error".
+    """One message from a worker: ``kind`` is "ready", "progress", "result", "error" or
+    "cancelled" (the parent abandoned the request and the job stopped at its next progress call).
 
-    ``error_kind`` (for errors): "explainer" (a library error whose message is for the user),
-    "memory", or "unexpected". ``loaded`` lists the model keys the worker holds in memory.
+    ``request_id`` echoes the id of the request the message belongs to (0 for "ready"): the parent
+    drops any message whose id is not the one it is waiting for, so a late reply can never be read
+    as the answer to another request. ``error_kind`` (for errors): "explainer" (a library error
+    whose message is for the user), "memory", or "unexpected". ``loaded`` lists the model keys the
+    worker holds in memory.
     """
 
-    kind: Literal["ready", "progress", "result", "error"]
+    kind: Literal["ready", "progress", "result", "error", "cancelled"]
+    request_id: int = 0
     value: Any = None
     fraction: float = 0.0
     message: str = ""

@@ -63,6 +63,7 @@ from .protocol import (
     Prediction,
     SanityOutcome,
     ServiceError,
+    pixels_digest,
     summarise_method,
 )
 
@@ -413,8 +414,10 @@ def _call(
     progress: ProgressCallback | None = None,
     timeout_s: float | None = None,
 ) -> Any:
-    """Run ``job`` in a compute worker; every failure arrives as a :class:`ServiceError`."""
-    return worker.pool().call(
+    """Run ``job`` in a compute worker; every failure arrives as a :class:`ServiceError`.
+
+    A result that is not of the type ``job`` returns is refused (never cached)."""
+    value = worker.pool().call(
         job,
         kwargs,
         action=action,
@@ -422,6 +425,28 @@ def _call(
         progress=progress,
         timeout_s=timeout_s,
     )
+    expected = _RESULT_TYPES.get(job)
+    if expected is not None and not isinstance(value, expected):
+        LOGGER.error("job %s answered with a %s", job, type(value).__name__)
+        raise ServiceError(
+            f"Could not {action}: the compute worker's answer was of the wrong kind "
+            f"({type(value).__name__}), so it was discarded. Try again.",
+            retryable=True,
+        )
+    return value
+
+
+#: What each job returns; checked on every reply before anything reads or caches it.
+_RESULT_TYPES: dict[str, type | tuple[type, ...]] = {
+    "describe": ModelSummary,
+    "method_reason": (str, type(None)),
+    "predict": np.ndarray,
+    "explain": ExplanationResult,
+    "feature_maps": np.ndarray,
+    "attack": AttackOutcome,
+    "evaluate": EvaluationOutcome,
+    "sanity": SanityOutcome,
+}
 
 
 def method_catalogue() -> tuple[MethodSummary, ...]:
@@ -525,14 +550,19 @@ def predictions(model: ModelSummary, image: LoadedImage, k: int = 5) -> list[Pre
     probs = RESULTS.get(key)
     if probs is None:
         _count("predict")
-        probs = _readonly(
-            _call(
-                "predict",
-                {"ref": model.ref, "pixels": image.pixels},
-                action="classify the image",
-                model=model.ref,
-            )
+        probs = _call(
+            "predict",
+            {"ref": model.ref, "pixels": image.pixels},
+            action="classify the image",
+            model=model.ref,
         )
+        if not isinstance(probs, np.ndarray) or probs.shape != (model.n_classes,):
+            raise ServiceError(
+                "Could not classify the image: the compute worker's answer was not "
+                f"{model.n_classes} class probabilities, so it was discarded. Try again.",
+                retryable=True,
+            )
+        probs = _readonly(probs)
         RESULTS.put(key, probs, probs.nbytes)
     order = np.argsort(-probs)[: max(1, min(k, len(probs)))]
     return [Prediction(int(i), model.class_names[i], float(probs[i])) for i in order]
@@ -630,11 +660,46 @@ def explain(
             model=request.model,
             progress=progress,
         )
+    _check_explanation(request, image, outcome)
     outcome = ExplanationResult(
         **{**outcome.__dict__, "attribution": _readonly(outcome.attribution)}
     )
     RESULTS.put(request.key, outcome, outcome.attribution.nbytes)
     return outcome
+
+
+def _check_explanation(request: ExplanationRequest, image: LoadedImage, outcome: Any) -> None:
+    """Refuse (and never cache) a result that is not the answer to ``request`` on ``image``.
+
+    The worker protocol already pairs every reply with its request; this is the second lock on
+    the shared cache, which every session reads."""
+    problems: list[str] = []
+    if not isinstance(outcome, ExplanationResult):
+        problems.append(f"got a {type(outcome).__name__}")
+    else:
+        if outcome.method != request.method:
+            problems.append(f"method {outcome.method!r} ≠ {request.method!r}")
+        if outcome.engine != request.engine:
+            problems.append(f"engine {outcome.engine!r} ≠ {request.engine!r}")
+        if request.target is not None and outcome.target != request.target:
+            problems.append(f"target {outcome.target} ≠ {request.target}")
+        if request.layer is not None and outcome.layer != request.layer:
+            problems.append(f"layer {outcome.layer!r} ≠ {request.layer!r}")
+        if dict(outcome.params) != dict(request.params):
+            problems.append(f"parameters {outcome.params} ≠ {dict(request.params)}")
+        if outcome.pixels_sha256 != pixels_digest(image.pixels):
+            problems.append("computed on other pixels")
+        if outcome.attribution.shape != image.pixels.shape[:2]:
+            problems.append(
+                f"map shape {outcome.attribution.shape} ≠ image {image.pixels.shape[:2]}"
+            )
+    if problems:
+        LOGGER.error("refused a result for %s: %s", request.method, "; ".join(problems))
+        raise ServiceError(
+            f"Could not compute {request.method}: the compute worker's answer did not match the "
+            f"request ({'; '.join(problems)}), so it was discarded. Press Retry.",
+            retryable=True,
+        )
 
 
 def feature_maps(model: ModelSummary, image: LoadedImage, layer: str) -> np.ndarray:
@@ -667,12 +732,7 @@ SANITY_MAX_STEPS = 12
 
 
 def _array_digest(array: np.ndarray | None) -> str | None:
-    if array is None:
-        return None
-    array = np.ascontiguousarray(array)
-    digest = hashlib.sha256(f"{array.dtype}{array.shape}".encode())
-    digest.update(array.tobytes())
-    return digest.hexdigest()
+    return None if array is None else pixels_digest(array)
 
 
 def attack(

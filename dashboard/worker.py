@@ -34,6 +34,8 @@ from __future__ import annotations
 
 import atexit
 import contextlib
+import dataclasses
+import itertools
 import logging
 import os
 import pickle
@@ -54,6 +56,8 @@ from .protocol import ServiceError, UnsafeReplyError, WorkerReply, dumps, loads
 LOGGER = logging.getLogger(__name__)
 ROOT = Path(__file__).resolve().parents[1]
 POLL_S = 0.05
+#: Request ids, unique in this process (across workers and restarts); 0 is the "ready" message.
+_REQUEST_IDS = itertools.count(1)
 
 ProgressCallback = Callable[[float, str], None]
 
@@ -91,6 +95,8 @@ class WorkerSettings:
     load_timeout_s: float = 120.0
     memory_bytes: int = 6 * 2**30
     startup_timeout_s: float = 180.0
+    #: How long an abandoned request may take to stop before its worker is killed and replaced.
+    cancel_grace_s: float = 10.0
 
     @classmethod
     def from_environment(cls) -> WorkerSettings:
@@ -102,6 +108,7 @@ class WorkerSettings:
             load_timeout_s=_env_number("EXPLAINER_LOAD_TIMEOUT_S", 120.0, 1.0),
             memory_bytes=int(_env_number("EXPLAINER_WORKER_MEMORY_MB", default_mb, 256) * 2**20),
             startup_timeout_s=_env_number("EXPLAINER_WORKER_STARTUP_S", 180.0, 10.0),
+            cancel_grace_s=_env_number("EXPLAINER_CANCEL_GRACE_S", 10.0, 0.5),
         )
 
 
@@ -135,6 +142,10 @@ class Worker:
         self.loaded: set[Hashable] = set()
         self.starts = 0
         self.peak_rss = 0
+        #: The id of the request this worker is computing, while one is in flight.
+        self.pending: int | None = None
+        #: Requests abandoned by their caller (progress callback raised, Streamlit stopped the run).
+        self.abandoned = 0
 
     # -- life cycle ------------------------------------------------------------------------------
     @property
@@ -161,7 +172,7 @@ class Worker:
         self.loaded = set()
         self.starts += 1
         deadline = time.monotonic() + self.settings.startup_timeout_s
-        reply = self._next_reply(deadline, action="start a compute worker", progress=None)
+        reply = self._next_reply(deadline, action="start a compute worker", request_id=0)
         if reply.kind != "ready":
             self.stop()
             raise ServiceError("The compute worker did not start properly. Try again.")
@@ -179,6 +190,7 @@ class Worker:
         self.process = None
         self.connection = None
         self.loaded = set()
+        self.pending = None
 
     # -- one request -----------------------------------------------------------------------------
     def request(
@@ -190,42 +202,95 @@ class Worker:
         progress: ProgressCallback | None,
         timeout_s: float | None,
     ) -> Any:
+        """Send one job and return its result; only a reply carrying this request's id counts.
+
+        If anything interrupts the wait (the progress callback raises because Streamlit stopped
+        the run, an interrupt...), the worker is asked to cancel and ``pending`` stays set: the
+        pool must then :meth:`drain` the worker before lending it to anyone else.
+        """
+        if self.pending is not None:
+            raise RuntimeError(f"worker {self.index} still has request {self.pending} in flight")
         if not self.alive:
             if progress is not None:
                 progress(0.0, "starting a compute worker…")
             self.start()
         assert self.connection is not None
+        request_id = next(_REQUEST_IDS)
         try:
-            self.connection.send_bytes(pickle.dumps((job, kwargs), pickle.HIGHEST_PROTOCOL))
+            self.connection.send_bytes(
+                pickle.dumps(("job", request_id, job, kwargs), pickle.HIGHEST_PROTOCOL)
+            )
         except OSError:
             return self._crashed(action)
+        self.pending = request_id
         deadline = time.monotonic() + (timeout_s or self.settings.timeout_s)
-        while True:
-            reply = self._next_reply(deadline, action=action, progress=progress)
-            if reply.kind == "progress":
-                if progress is not None:
-                    progress(reply.fraction, reply.message)
-                continue
-            self.loaded = set(reply.loaded)
-            self.peak_rss = max(self.peak_rss, reply.rss_bytes)
-            if reply.kind == "result":
-                return reply.value
-            if reply.kind == "error":
-                if reply.error_kind == "memory":
-                    raise ServiceError(
-                        f"Not enough memory to {action}. Try a smaller image, batch size or "
-                        "sample count.",
-                        retryable=True,
-                    )
-                if reply.error_kind == "unexpected":
-                    raise ServiceError(f"Could not {action}: {reply.message}.")
-                raise ServiceError(reply.message)
-            raise ServiceError(f"Could not {action}: the compute worker answered {reply.kind!r}.")
+        try:
+            while True:
+                reply = self._next_reply(deadline, action=action, request_id=request_id)
+                if reply.kind == "progress":
+                    if progress is not None:
+                        progress(reply.fraction, reply.message)
+                    continue
+                self.pending = None
+                return self._outcome(reply, action)
+        except BaseException:
+            if self.pending == request_id:  # still computing: ask it to stop
+                self.abandoned += 1
+                self._send_cancel(request_id)
+            raise
 
-    def _next_reply(
-        self, deadline: float, *, action: str, progress: ProgressCallback | None
-    ) -> WorkerReply:
-        """Wait for the worker's next message while enforcing the time and memory limits."""
+    def _outcome(self, reply: WorkerReply, action: str) -> Any:
+        self.loaded = set(reply.loaded)
+        self.peak_rss = max(self.peak_rss, reply.rss_bytes)
+        if reply.kind == "result":
+            return reply.value
+        if reply.kind == "error":
+            if reply.error_kind == "memory":
+                raise ServiceError(
+                    f"Not enough memory to {action}. Try a smaller image, batch size or "
+                    "sample count.",
+                    retryable=True,
+                )
+            if reply.error_kind == "unexpected":
+                raise ServiceError(f"Could not {action}: {reply.message}.")
+            raise ServiceError(reply.message)
+        raise ServiceError(f"Could not {action}: the compute worker answered {reply.kind!r}.")
+
+    def _send_cancel(self, request_id: int) -> None:
+        if self.connection is None:
+            return
+        try:
+            self.connection.send_bytes(pickle.dumps(("cancel", request_id)))
+        except OSError:
+            self.stop()
+
+    def drain(self) -> None:
+        """Wait for the abandoned request's last message (its result, error or cancellation),
+        discarding it; a worker that does not finish within ``cancel_grace_s`` is killed (the next
+        request starts a fresh one). Afterwards the worker is free and holds no stale reply."""
+        request_id = self.pending
+        if request_id is None:
+            return
+        if not self.alive:
+            self.stop()
+            return
+        deadline = time.monotonic() + self.settings.cancel_grace_s
+        try:
+            while True:
+                reply = self._next_reply(
+                    deadline, action="stop an abandoned computation", request_id=request_id
+                )
+                if reply.kind != "progress":
+                    self.loaded = set(reply.loaded)
+                    break
+        except ServiceError as err:  # it ran past the grace period, crashed or misbehaved
+            LOGGER.info("worker %d replaced after an abandoned request: %s", self.index, err)
+            self.stop()
+        self.pending = None
+
+    def _next_reply(self, deadline: float, *, action: str, request_id: int) -> WorkerReply:
+        """Wait for the worker's next message about ``request_id`` while enforcing the time and
+        memory limits. Messages about any other request are dropped (and logged)."""
         assert self.connection is not None and self.process is not None
         limit = self.settings.memory_bytes
         while True:
@@ -251,6 +316,15 @@ class Worker:
                 if not isinstance(reply, WorkerReply):
                     self.stop()
                     raise ServiceError(f"Could not {action}: unexpected reply from the worker.")
+                if reply.request_id != request_id:
+                    LOGGER.warning(
+                        "worker %d: dropped a %s message of request %d while waiting for %d",
+                        self.index,
+                        reply.kind,
+                        reply.request_id,
+                        request_id,
+                    )
+                    continue
                 return reply
             if self.process.poll() is not None:
                 return self._crashed(action)
@@ -349,7 +423,23 @@ class WorkerPool:
                 job, dict(kwargs or {}), action=action, progress=progress, timeout_s=timeout_s
             )
         finally:
-            self._release(worker)
+            if worker.pending is None:
+                self._release(worker)
+            else:  # abandoned mid-flight: lend it again only once its late reply is consumed
+                self._drain_then_release(worker)
+
+    def _drain_then_release(self, worker: Worker) -> None:
+        def run() -> None:
+            try:
+                worker.drain()
+            except BaseException:  # never lend a worker whose state is unknown
+                LOGGER.exception("worker %d: draining failed; stopping it", worker.index)
+                worker.stop()
+            finally:
+                worker.pending = None
+                self._release(worker)
+
+        threading.Thread(target=run, name=f"worker-{worker.index}-drain", daemon=True).start()
 
     def broadcast(self, job: str) -> None:
         """Run ``job`` on every running worker that is idle now (e.g. forget loaded models)."""
@@ -425,19 +515,51 @@ atexit.register(shutdown_pool)
 # ------------------------------------------------------------------------------------------------
 # The worker process
 # ------------------------------------------------------------------------------------------------
-class _Throttled:
-    """A progress callback that sends at most ten updates a second (and always the last)."""
+class JobCancelled(BaseException):
+    """Raised inside a job (at its next progress call) when the parent cancelled the request.
 
-    def __init__(self, send: Callable[[WorkerReply], None]) -> None:
+    A ``BaseException``, like ``KeyboardInterrupt``, so that the library's ``except Exception``
+    handlers do not turn it into an error reply."""
+
+
+class _Progress:
+    """The job's progress callback: checks for a cancellation of its request at every call and
+    sends at most ten updates a second (and always the last)."""
+
+    def __init__(
+        self, send: Callable[[WorkerReply], None], connection: Connection, request_id: int
+    ) -> None:
         self._send = send
+        self._connection = connection
+        self._request_id = request_id
         self._last = 0.0
 
+    def check_cancelled(self) -> None:
+        while self._connection.poll(0):
+            message = pickle.loads(self._connection.recv_bytes())  # from the trusted parent
+            if message[0] == "cancel" and message[1] == self._request_id:
+                raise JobCancelled(self._request_id)
+            # A cancellation of an earlier, finished request: nothing to do. The parent sends
+            # no new job while this one is in flight.
+
+    def send_stray(self, reply: WorkerReply) -> None:
+        """Send a message as it is (the tests' stand-in for a late reply of another request)."""
+        self._send(reply)
+
     def __call__(self, fraction: float, message: str) -> None:
+        self.check_cancelled()
         now = time.monotonic()
         if fraction < 1.0 and now - self._last < 0.1:
             return
         self._last = now
-        self._send(WorkerReply("progress", fraction=float(fraction), message=str(message)))
+        self._send(
+            WorkerReply(
+                "progress",
+                request_id=self._request_id,
+                fraction=float(fraction),
+                message=str(message),
+            )
+        )
 
 
 def _serve(connection: Connection) -> int:
@@ -450,18 +572,29 @@ def _serve(connection: Connection) -> int:
             data = dumps(reply)
         except Exception as err:  # a job returned something that cannot cross the boundary
             data = dumps(
-                WorkerReply("error", error_kind="unexpected", message=f"unpicklable reply: {err}")
+                WorkerReply(
+                    "error",
+                    request_id=reply.request_id,
+                    error_kind="unexpected",
+                    message=f"unpicklable reply: {err}",
+                )
             )
         connection.send_bytes(data)
 
     send(WorkerReply("ready"))
     while True:
         try:
-            job, kwargs = pickle.loads(connection.recv_bytes())  # from the trusted parent
+            message = pickle.loads(connection.recv_bytes())  # from the trusted parent
         except (EOFError, OSError):
             return 0  # the dashboard closed the socket (or exited): so do we
-        reply = jobs.run(job, kwargs, _Throttled(send))
-        send(reply)
+        if message[0] == "cancel":
+            continue  # its request had already finished (and its reply was sent)
+        _, request_id, job, kwargs = message
+        try:
+            reply = jobs.run(job, kwargs, _Progress(send, connection, request_id))
+        except JobCancelled:
+            reply = WorkerReply("cancelled", loaded=tuple(jobs.loaded_models()))
+        send(dataclasses.replace(reply, request_id=request_id))
 
 
 def main(argv: list[str]) -> int:

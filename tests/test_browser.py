@@ -89,10 +89,24 @@ def server(tmp_path_factory) -> Iterator[str]:
     """A ``streamlit run app.py`` subprocess on a free port, serving the tiny stand-in assets."""
     _require_browser()
     assets = build_assets(tmp_path_factory.mktemp("browser-assets"))
+    yield from _serve(assets, "streamlit-server.log")
+
+
+@pytest.fixture(scope="module")
+def demo_server() -> Iterator[str]:
+    """The same, serving the real bundled assets (the shipped demo models and samples)."""
+    _require_browser()
+    yield from _serve(None, "streamlit-demo-server.log")
+
+
+def _serve(assets: Path | None, log_name: str) -> Iterator[str]:
     port = _free_port()
     ARTIFACTS.mkdir(exist_ok=True)
-    log = (ARTIFACTS / "streamlit-server.log").open("w")
-    env = dict(os.environ, EXPLAINER_ASSETS_DIR=str(assets), TF_CPP_MIN_LOG_LEVEL="3")
+    log = (ARTIFACTS / log_name).open("w")
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
+    env.pop("EXPLAINER_ASSETS_DIR", None)
+    if assets is not None:
+        env["EXPLAINER_ASSETS_DIR"] = str(assets)
     process = subprocess.Popen(
         [
             sys.executable,
@@ -125,7 +139,7 @@ def server(tmp_path_factory) -> Iterator[str]:
             except OSError:
                 pass
             if process.poll() is not None or time.monotonic() > deadline:
-                pytest.fail(f"streamlit did not start; see {ARTIFACTS / 'streamlit-server.log'}")
+                pytest.fail(f"streamlit did not start; see {ARTIFACTS / log_name}")
             time.sleep(0.5)
         yield url
     finally:
@@ -312,5 +326,104 @@ def test_robustness_and_evaluate_pages_render(server):
             _wait_idle(page)
             _assert_no_exception(page)
             page.screenshot(path=str(ARTIFACTS / "browser-06-evaluate.png"), full_page=True)
+        finally:
+            browser.close()
+
+
+def _pick(page, widget_key: str, option: str) -> None:
+    """Choose ``option`` in the selectbox ``widget_key`` (a combo box: type to filter)."""
+    page.locator(f".st-key-{widget_key} [role='combobox']").click()
+    page.keyboard.press("ControlOrMeta+a")
+    page.keyboard.type(option)
+    page.get_by_role("option", name=option, exact=True).click()
+
+
+def _set_number(page, widget_key: str, value: int) -> None:
+    field = page.locator(f".st-key-{widget_key} input")
+    field.fill(str(value))
+    field.press("Enter")
+
+
+def _no_error_shown(page) -> None:
+    _assert_no_exception(page)
+    errors = page.locator('[data-testid="stMain"] [data-testid="stAlertContentError"]')
+    assert errors.count() == 0, errors.all_inner_texts()
+
+
+def test_changes_during_a_long_computation_show_the_right_result(demo_server):
+    """On the shipped demo model: start Kernel SHAP with 20,000 coalitions, and while its progress
+    bar runs change the method, then the sample, then a parameter. Each time the page ends on the
+    result the widgets ask for (the result's own method, parameters and image), with no error;
+    then the same on Compare with a long card. This is how an abandoned request's late reply used
+    to reach the next request."""
+    from playwright.sync_api import expect, sync_playwright
+
+    expect.set_options(timeout=COMPUTE_S * 1000)
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=_chromium(), args=CHROMIUM_ARGS)
+        try:
+            page = browser.new_context(viewport={"width": 1440, "height": 1000}).new_page()
+            page.set_default_timeout(COMPUTE_S * 1000)
+            page.goto(demo_server)
+            main = page.locator('[data-testid="stMain"]')
+            progress = main.locator('[data-testid="stProgress"]')
+            expect(main.get_by_text("Grad-CAM overlay")).to_be_visible()
+            _wait_idle(page)
+            expect(main.get_by_text("image shapes_circle_0", exact=False)).to_be_visible()
+
+            # 1. The method changes while Kernel SHAP runs.
+            _pick(page, "explain_method", "Kernel SHAP")
+            expect(main.get_by_text("Kernel SHAP overlay")).to_be_visible()
+            _wait_idle(page)
+            _set_number(page, "explain_kernel_shap_max_evals", 20000)
+            expect(progress.first).to_be_visible()
+            _pick(page, "explain_method", "Layer-CAM")
+            expect(main.get_by_text("Method: Layer-CAM (layer_cam)")).to_be_visible()
+            _wait_idle(page)
+            _no_error_shown(page)
+            assert "max_evals" not in main.inner_text()
+            page.screenshot(path=str(ARTIFACTS / "browser-07-method-changed-mid-run.png"))
+
+            # 2. The sample changes while Kernel SHAP runs, then 3. a parameter.
+            _pick(page, "explain_method", "Kernel SHAP")
+            expect(progress.first).to_be_visible()
+            _pick(page, "sidebar_sample", "shapes_star_0")
+            expect(main.get_by_text("image shapes_star_0", exact=False)).to_be_visible()
+            expect(progress.first).to_be_visible()
+            _set_number(page, "explain_kernel_shap_max_evals", 64)
+            expect(main.get_by_text("max_evals = 64", exact=False)).to_be_visible()
+            _wait_idle(page)
+            _no_error_shown(page)
+            facts = main.inner_text()
+            assert "Method: Kernel SHAP (kernel_shap)" in facts
+            assert re.search(r"Target: star \(class 3", facts), facts
+            page.screenshot(path=str(ARTIFACTS / "browser-08-sample-and-parameter-mid-run.png"))
+
+            # 4. Compare: a long Kernel SHAP card, the sample changed while it runs.
+            page.locator('[data-testid="stSidebar"]').get_by_role("link", name="Compare").click()
+            expect(main.get_by_role("heading", name="Compare")).to_be_visible()
+            _wait_idle(page)
+            field = main.locator('[data-testid="stMultiSelect"] input')
+            field.click()
+            field.fill("Kernel SHAP")
+            page.get_by_role("option", name="Kernel SHAP", exact=True).click()
+            page.keyboard.press("Escape")
+            _wait_idle(page)
+            card = main.locator(".st-key-compare_card_kernel_shap")
+            card.get_by_text("Parameters", exact=True).click()
+            _set_number(page, "compare_kernel_shap_max_evals", 20000)
+            expect(progress.first).to_be_visible()
+            _pick(page, "sidebar_sample", "shapes_square_0")
+            expect(main.get_by_text("image shapes_square_0", exact=False)).to_be_visible()
+            cards = main.locator("[class*='st-key-compare_card_'] [data-testid='stImage'] img")
+            expect(cards).to_have_count(5, timeout=COMPUTE_S * 1000)
+            _wait_idle(page)
+            _no_error_shown(page)
+            captions = main.locator(
+                "[class*='st-key-compare_card_'] [data-testid='stCaptionContainer']"
+            )
+            shown = " ".join(captions.all_inner_texts())
+            assert shown.count("square (p") >= 5, shown
+            page.screenshot(path=str(ARTIFACTS / "browser-09-compare-mid-run.png"), full_page=True)
         finally:
             browser.close()
