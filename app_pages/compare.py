@@ -25,6 +25,7 @@ def page() -> None:
     with target_col:
         target = components.target_picker(PAGE, model, predictions)
     settings = components.display_controls(PAGE)
+    shared = components.scale_mode_control(PAGE)
     if not methods:
         st.info("Pick at least one method above.")
         return
@@ -53,7 +54,8 @@ def page() -> None:
                     slot.caption("Waiting…")
                 cards.append((method, request, slot))
 
-    entries = []
+    entries: list[ReportEntry] = []
+    computed = []
     for method, request, slot in cards:
         if slot is None:
             entries.append(ReportEntry(method, problem=request))
@@ -67,9 +69,20 @@ def page() -> None:
             components.show_failure(outcome, f"{PAGE}_{method.name}", slot)
             entries.append(ReportEntry(method, problem=outcome.message))
             continue
+        if shared:  # drawn once every map is known, on one colour scale
+            slot.caption("Computed; drawn when every card is ready…")
+            computed.append((method, outcome, slot, len(entries)))
+            entries.append(ReportEntry(method, outcome))
+            continue
         with slot.container():
             pictures = components.heatmap_card(PAGE, method, outcome, image, settings)
         entries.append(ReportEntry(method, outcome, pictures.overlay, pictures.heatmap))
+    if computed:
+        settings = components.with_shared_scale(settings, [c[1] for c in computed])
+        for method, outcome, slot, index in computed:
+            with slot.container():
+                pictures = components.heatmap_card(PAGE, method, outcome, image, settings)
+            entries[index] = ReportEntry(method, outcome, pictures.overlay, pictures.heatmap)
 
     st.divider()
     components.report_downloads(PAGE, model, image, predictions, entries, settings, grid=True)

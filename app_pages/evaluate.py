@@ -27,9 +27,13 @@ SANITY = """
 A map that explains the *model* must change when the model's learnt weights are replaced by random
 ones ([Adebayo et al. 2018](https://arxiv.org/abs/1810.03292), model-parameter randomisation). The
 test re-initialises the weights block by block from the output, recomputes each map, and measures
-its rank correlation (Spearman ρ) with the original map. A method whose map stays similar is
-**flagged**: it reflects the image (its edges and colours), not what the network learnt. It runs
-each method once per block on copies of the model, so it takes a few seconds — press the button.
+its rank correlation (Spearman ρ) with the original map. The whole cascade is judged, not its last
+step (where even the first layer is random and every map decorrelates): a method whose map stays
+similar (ρ above 0.5) while the **top half** of the blocks is randomised is **flagged** as
+insensitive to those layers — it reflects the image (its edges and colours) more than what the
+network learnt there, which is what the paper found for guided backprop on deep networks. Each
+verdict says through how many blocks the map stayed similar. It runs each method once per block
+on copies of the model, so it takes a few seconds — press the button.
 """
 
 
@@ -78,18 +82,24 @@ def page() -> None:
     st.markdown(SANITY)
     tested, mode = components.sanity_controls(PAGE, model)
     names = tuple(m.name for m in components.skipped_methods(tested))
-    if not components.sanity_requested(PAGE, model, image, names, target, mode):
-        return
-    outcome = components.run_sanity(model, image, names, target, mode, st.empty())
-    if isinstance(outcome, components.Failure):
-        components.show_failure(outcome, f"{PAGE}_sanity")
-        return
-    chart_col, verdict_col = st.columns([1.5, 1])
-    with chart_col:
-        components.sanity_figure(PAGE, outcome, labels)
-    with verdict_col:
-        components.sanity_verdicts(outcome, labels)
-    components.sanity_map_grid(PAGE, outcome, labels)
+    if components.sanity_requested(PAGE, model, image, names, target, mode):
+        outcome = components.run_sanity(model, image, names, target, mode, st.empty())
+        if isinstance(outcome, components.Failure):
+            components.show_failure(outcome, f"{PAGE}_sanity")
+        else:
+            chart_col, verdict_col = st.columns([1.5, 1])
+            with chart_col:
+                components.sanity_figure(PAGE, outcome, labels)
+            with verdict_col:
+                components.sanity_verdicts(outcome, labels)
+            components.sanity_map_grid(PAGE, outcome, labels)
+
+    st.subheader("Export")
+    st.caption(
+        "The scores, curves and sanity verdicts computed above for this model and image. The "
+        "Compare and Explain pages' HTML reports include them too."
+    )
+    components.evaluation_downloads(PAGE, model, image, predictions, labels)
 
 
 page()

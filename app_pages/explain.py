@@ -51,6 +51,7 @@ def page() -> None:
     with middle:
         st.markdown(f"**{method.label} overlay**")
         components.show_image(pictures.overlay, components.result_caption(outcome))
+        components.map_warnings(outcome)
     with right:
         st.markdown("**Raw map** · hover for values")
         st.plotly_chart(

@@ -7,6 +7,32 @@ import streamlit as st
 from dashboard import components, service, state
 from dashboard.service import ServiceError
 
+READING = """
+**Scale.** Every overlay stretches its map over the whole colour range, so a map whose values are
+tiny looks as confident as a strong one. The raw-map chart on Explain is in the map's own units
+(its colour bar spans the raw values; hover for any pixel), the result facts give the map's min,
+max and sum with the score it explains (e.g. *logit of star = 10.59*), and on Compare *One scale
+for all cards* gives every card the same top value, so a weak map looks weak (compare magnitudes
+within a family: gradients, probability changes and CAM activations are different units).
+
+**Warnings.** The library checks every map: all zero, constant, negligible against the explained
+score (e.g. Integrated Gradients summing to 1e-10 logit units on an untrained network), a
+probability saturated at 1 that float32 cannot resolve (occlusion: use Score = *logit*), a model
+at chance, or a target class the model gives p < 0.01. Each warning, shown beside the picture and
+in the report, says why and what to try.
+
+**Score-CAM's baseline.** Score-CAM covers the image with each feature map of the chosen layer in
+turn and asks the model how strongly the masked image still looks like the class; that
+probability is the feature map's weight, and the weighted maps are added up. By default the
+masked image's probability is used as it is, as in the authors' published code and in
+tf-keras-vis. The paper's formula (Wang et al. 2020, Eq. 5) subtracts the probability of a blank,
+all-zero image (black for most models) from every weight — the *Subtract the baseline score*
+option. The same amount comes off every channel, so when a blank image already looks like the
+class (the demo model calls a black image "circle" at p ≈ 0.998) every weight turns negative and
+the ReLU leaves an empty map; the dashboard then says so. Use the option to reproduce the paper's
+exact formula; otherwise keep the default.
+"""
+
 
 def page() -> None:
     components.page_title(
@@ -25,6 +51,8 @@ def page() -> None:
         "is drawn. Two sanity checks to keep in mind: an explanation should change when the "
         "model's weights are randomised, and it should not merely redraw the image's edges."
     )
+    with st.expander("Reading the numbers: scale, warnings and Score-CAM's baseline"):
+        st.markdown(READING)
     families = list(dict.fromkeys(m.family for m in methods))
     tabs = st.tabs(["Overview", *(components.FAMILY_LABELS.get(f, f) for f in families)])
     with tabs[0]:

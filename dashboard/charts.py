@@ -126,7 +126,7 @@ def sanity_figure(
     figure.add_hline(
         y=outcome.threshold,
         line={"color": RANDOM_COLOUR, "dash": "dot", "width": 1.5},
-        annotation_text=f"flag above ρ = {outcome.threshold:g}",
+        annotation_text=f"similar above ρ = {outcome.threshold:g}",
         annotation_position="top right",
         annotation_font={"size": 11, "color": "#5b6470"},
     )

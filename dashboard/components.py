@@ -7,9 +7,10 @@ explainer library's compute functions directly.
 
 from __future__ import annotations
 
+import hashlib
 import math
 from collections.abc import Callable, Hashable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -391,12 +392,20 @@ def methods_picker(page: Page, model: ModelSummary) -> list[MethodSummary]:
 AUTO_TARGET = -1
 
 
+def target_key(page: Page, model: ModelSummary) -> str:
+    """The widget key of ``page``'s class picker for ``model``."""
+    digest = hashlib.sha256(repr(model.ref.key).encode()).hexdigest()[:12]
+    return state.key(page, f"target_{digest}")
+
+
 def target_picker(page: Page, model: ModelSummary, predictions: Sequence[Prediction]) -> int:
     """The class to explain; 'top prediction' follows the image. Returns a class index."""
     probability = {p.index: p.probability for p in predictions}
     top = predictions[0]
     options = [AUTO_TARGET, *range(model.n_classes)]
-    key = state.key(page, "target")
+    # One widget per model: a class index chosen for one model means nothing for another, and a
+    # widget kept across a model change showed the previous model's label for one render.
+    key = target_key(page, model)
     state.default_option(key, options, AUTO_TARGET)
 
     def label(index: int) -> str:
@@ -471,13 +480,18 @@ def layer_picker(
 
 
 def engine_picker(page: Page, method: MethodSummary) -> str:
-    if len(method.engines) < 2:
-        return method.engines[0] if method.engines else "native"
+    """The engine to run ``method`` with; engines that refuse this model are not offered, and
+    say why."""
+    engines = method.usable_engines or ("native",)
+    for engine, reason in method.refused_engines:
+        st.caption(f"{ENGINE_LABELS.get(engine, engine)} engine not available: {reason}.")
+    if len(engines) < 2:
+        return engines[0]
     key = state.key(page, f"{method.name}_engine")
-    state.default_option(key, method.engines, method.engines[0])
+    state.default_option(key, engines, engines[0])
     return st.radio(
         "Engine",
-        method.engines,
+        engines,
         key=key,
         format_func=lambda e: ENGINE_LABELS.get(e, e),
         horizontal=True,
@@ -558,6 +572,39 @@ def param_controls(page: Page, method: MethodSummary, columns: int = 1) -> dict[
 # ------------------------------------------------------------------------------------------------
 # Display controls (never recompute)
 # ------------------------------------------------------------------------------------------------
+SCALE_MODES = {
+    "own": "Each map on its own scale",
+    "shared": "One scale for all cards",
+}
+
+
+def scale_mode_control(page: Page) -> bool:
+    """Whether the cards share one colour scale (True) or each map is scaled on its own."""
+    key = state.key(page, "scale_mode")
+    state.default(key, "own")
+    mode = st.segmented_control(
+        "Colour scale",
+        list(SCALE_MODES),
+        key=key,
+        format_func=SCALE_MODES.get,
+        required=True,
+        help="Each map on its own: every card uses its full colour range, whatever its "
+        "magnitude (good for where each method looks). One scale: the top colour is the same raw "
+        "value on every card, so a weak map looks weak. Maps of different families are in "
+        "different units (gradients, probability changes, CAM activations): compare magnitudes "
+        "within a family.",
+    )
+    return mode == "shared"
+
+
+def with_shared_scale(
+    settings: DisplaySettings, results: Sequence[ExplanationResult]
+) -> DisplaySettings:
+    """``settings`` with one colour scale for all ``results`` (see :func:`visuals.shared_scale`)."""
+    scale = visuals.shared_scale([r.attribution for r in results], settings)
+    return replace(settings, scale=scale if scale > 0 else None)
+
+
 def display_controls(page: Page) -> DisplaySettings:
     """One row of display controls. They change only the rendering of cached raw maps."""
     k = lambda name: state.key(page, name)  # noqa: E731
@@ -766,9 +813,11 @@ def raw_map_figure(result: ExplanationResult, settings: DisplaySettings, height:
         colormap=settings.colormap,
         clip_percentile=settings.clip_percentile,
         height=height,
+        units=map_units(result),
+        scale=settings.scale,
     )
-    # Room for the axis labels (pixel coordinates of the image).
-    figure.update_layout(margin={"l": 44, "r": 10, "t": 10, "b": 36})
+    # Room for the axis labels (pixel coordinates of the image) and the units above.
+    figure.update_layout(margin={"l": 44, "r": 10, "t": 34, "b": 36})
     figure.update_xaxes(title_text="x (pixels)")
     figure.update_yaxes(title_text="y (pixels)")
     if step > 1:
@@ -851,6 +900,8 @@ def predictions_table(predictions: Sequence[Prediction], target: int, k: int = 5
 
 def result_facts(result: ExplanationResult, method: MethodSummary) -> None:
     facts = [
+        # From the result itself, not the widgets: what was computed, for which class.
+        f"**Method:** {result.method_label} (`{result.method}`)",
         f"**Target:** {result.target_label} (class {result.target}, p = {result.score:.3f})",
         f"**Time:** {result.seconds:.2f} s · **engine:** {ENGINE_LABELS.get(result.engine)}",
     ]
@@ -858,11 +909,52 @@ def result_facts(result: ExplanationResult, method: MethodSummary) -> None:
         facts.append(f"**Layer:** `{result.layer}`")
     params = ", ".join(f"{k} = {v}" for k, v in sorted(result.params.items()))
     facts.append(f"**Parameters:** {params or 'none'}")
+    magnitude = magnitude_text(result)
+    if magnitude:
+        facts.append(f"**Raw values:** {magnitude}")
     for name, value in sorted(result.extras.items()):
+        if name in _EXTRAS_SHOWN_APART:
+            continue
         shown = f"{value:.4g}" if isinstance(value, float) else str(value)
         facts.append(f"**{name.replace('_', ' ')}:** {shown}")
     st.markdown("  \n".join(facts))
     st.caption(f"{method.description} See the Guide page for the formula and caveats.")
+
+
+#: Result extras shown in their own place (warnings as boxes, the magnitude as one line).
+_EXTRAS_SHOWN_APART = frozenset({"warnings", "magnitude"})
+
+
+def magnitude_text(result: ExplanationResult) -> str | None:
+    """The map's range and sum in its own units, and the score it explains, as one line."""
+    magnitude = result.extras.get("magnitude")
+    if not isinstance(magnitude, dict) or "max_abs" not in magnitude:
+        return None
+    units = magnitude.get("units") or "attribution units"
+    text = (
+        f"min {magnitude['min']:.3g}, max {magnitude['max']:.3g}, sum {magnitude['sum']:.3g} "
+        f"({units})"
+    )
+    if magnitude.get("score_text"):
+        text += f"; explained score: {magnitude['score_text']}"
+    return text
+
+
+def map_units(result: ExplanationResult) -> str:
+    magnitude = result.extras.get("magnitude")
+    units = magnitude.get("units") if isinstance(magnitude, dict) else None
+    return str(units or "attribution")
+
+
+def map_warnings(
+    result: ExplanationResult, *, label: str | None = None, container: Any = None
+) -> None:
+    """Show the library's warnings about ``result`` (an empty, constant or negligible map, a
+    saturated score...) beside its picture."""
+    target = container if container is not None else st
+    for warning in result.extras.get("warnings") or ():
+        text = f"**{label}:** {warning}" if label else str(warning)
+        target.warning(text, icon=":material/warning:")
 
 
 def heatmap_card(
@@ -875,7 +967,17 @@ def heatmap_card(
     pics = pictures(result, image, settings)
     show_image(pics.overlay)
     layer = f" · {result.layer}" if result.layer else ""
-    st.caption(f"{result.target_label} (p = {result.score:.3f})  \n{result.seconds:.2f} s{layer}")
+    magnitude = result.extras.get("magnitude")
+    peak = (
+        f"  \nmax |value| {magnitude['max_abs']:.3g}"
+        if isinstance(magnitude, dict) and "max_abs" in magnitude
+        else ""
+    )
+    st.caption(
+        f"{result.target_label} (p = {result.score:.3f})  \n{result.seconds:.2f} s{layer}{peak}",
+        help=magnitude_text(result),
+    )
+    map_warnings(result)
     card_downloads(page, image, result, settings, compact=True)
     return pics
 
@@ -907,6 +1009,11 @@ def report_downloads(
     top = list(predictions[:5])
     frozen_entries = list(entries)
 
+    # The Evaluate page's scores and sanity verdicts, when computed for this model and image.
+    evaluation = last_outcome("evaluation", model, image)
+    sanity = last_outcome("sanity", model, image)
+    labels = method_labels(model)
+
     def html() -> str:
         return report.html_report(
             model=model,
@@ -915,6 +1022,9 @@ def report_downloads(
             entries=frozen_entries,
             settings=settings,
             versions=versions,
+            evaluation=evaluation,
+            sanity=sanity,
+            labels=labels,
         )
 
     cells = list(cells) if cells is not None else st.columns([1, 1, 2])
@@ -929,7 +1039,8 @@ def report_downloads(
         type="primary",
         width="stretch",
         help="A self-contained page with the images, heatmaps, predictions, every method's "
-        "resolved parameters, the model's and image's SHA-256 and the library versions.",
+        "resolved parameters, the model's and image's SHA-256 and the library versions; with "
+        "the Evaluate page's scores, curves and sanity verdicts once computed for this image.",
     )
     if grid:
         title = f"{image.name} · {model.ref.file_name}"
@@ -1087,7 +1198,8 @@ def methods_overview(methods: Sequence[MethodSummary], with_model: bool) -> None
         if with_model:
             row["Applies to this model"] = "yes" if m.applicable else f"no — {m.reason}"
         rows.append(row)
-    st.table(pd.DataFrame(rows).set_index("Method"))
+    # A plain column, not the index: st.table draws an index as a greyed header column.
+    st.table(pd.DataFrame(rows).style.hide(axis="index"))
 
 
 def _range_text(spec: ParamSpec) -> str:
@@ -1476,6 +1588,7 @@ def explanation_pair(
                     pictures(outcome, picture, settings).overlay,
                     f"{title} · {outcome.target_label} (p = {outcome.score:.3f})",
                 )
+                map_warnings(outcome)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -1718,6 +1831,7 @@ def explanation_maps(
         if isinstance(outcome, Failure):
             show_failure(outcome, f"{page}_{method.name}")
             continue
+        map_warnings(outcome, label=method.label)
         maps[method.name] = outcome.attribution
     return maps
 
@@ -1735,7 +1849,7 @@ def run_evaluation(
     random row, with a progress bar in ``slot`` while they run; or a :class:`Failure`."""
     progress, clear = service.streamlit_progress(slot, "Deletion and insertion curves")
     try:
-        return service.evaluate(
+        outcome = service.evaluate(
             model,
             image,
             maps,
@@ -1746,6 +1860,8 @@ def run_evaluation(
             insertion_substrate=protocol.insertion_substrate,
             progress=progress,
         )
+        remember_outcome("evaluation", model, image, outcome)
+        return outcome
     except ServiceError as err:
         return Failure(str(err), err.retry_key if err.retryable else None)
     finally:
@@ -1771,15 +1887,91 @@ def curve_figures(
 
 
 def _beats_random(deletion: float, insertion: float, random: Any) -> str:
-    lower = deletion < random.deletion.auc
-    higher = insertion > random.insertion.auc
-    if lower and higher:
-        return "yes, on both"
-    if lower:
-        return "deletion only"
-    if higher:
-        return "insertion only"
-    return "no"
+    return report.beats_random(deletion, insertion, random.deletion.auc, random.insertion.auc)
+
+
+#: Session-state slots of the Evaluate page's last outcomes, for the reports.
+_LAST_OUTCOME = {"evaluation": "_last_evaluation", "sanity": "_last_sanity"}
+
+
+def remember_outcome(kind: str, model: ModelSummary, image: LoadedImage, outcome: Any) -> None:
+    """Keep the Evaluate page's latest outcome of ``kind`` for this session's reports."""
+    st.session_state[_LAST_OUTCOME[kind]] = (model.ref.key, image.sha256, outcome)
+
+
+def last_outcome(kind: str, model: ModelSummary, image: LoadedImage) -> Any | None:
+    """The Evaluate page's latest ``kind`` outcome if it was computed for this model and image."""
+    kept = st.session_state.get(_LAST_OUTCOME[kind])
+    if kept is None or kept[0] != model.ref.key or kept[1] != image.sha256:
+        return None
+    return kept[2]
+
+
+def evaluation_downloads(
+    page: Page,
+    model: ModelSummary,
+    image: LoadedImage,
+    predictions: Sequence[Prediction],
+    labels: dict[str, str],
+) -> None:
+    """The Evaluate page's exports: an HTML review report of its scores, curves and sanity
+    verdicts, and the same numbers (full curves included) as JSON."""
+    evaluation = last_outcome("evaluation", model, image)
+    sanity = last_outcome("sanity", model, image)
+    if evaluation is None and sanity is None:
+        return
+    stem = report.file_stem(image.name, model.ref.file_name.rsplit(".", 1)[0])
+    versions = service.versions()
+    top = list(predictions[:5])
+    context = {
+        "model": model.ref.file_name,
+        "model_sha256": model.sha256,
+        "image": image.name,
+        "image_sha256": image.sha256,
+        "versions": versions,
+    }
+
+    def html() -> str:
+        return report.html_report(
+            model=model,
+            image=image,
+            predictions=top,
+            entries=(),
+            settings=DisplaySettings(),
+            versions=versions,
+            evaluation=evaluation,
+            sanity=sanity,
+            labels=labels,
+        )
+
+    def as_json() -> str:
+        return report.evaluation_json(evaluation, sanity, labels, context)
+
+    left, right, _ = st.columns([1, 1, 2])
+    left.download_button(
+        "Evaluation report (HTML)",
+        html,
+        file_name=f"evaluation-{stem}.html",
+        mime="text/html",
+        key=state.key(page, "download_evaluation_report"),
+        on_click="ignore",
+        icon=":material/description:",
+        type="primary",
+        width="stretch",
+        help="A self-contained page with the ranking, the deletion and insertion curves and the "
+        "sanity check's correlations and verdicts, with the model's and image's SHA-256.",
+    )
+    right.download_button(
+        "Scores and curves (JSON)",
+        as_json,
+        file_name=f"evaluation-{stem}.json",
+        mime="application/json",
+        key=state.key(page, "download_evaluation_json"),
+        on_click="ignore",
+        icon=":material/download:",
+        width="stretch",
+        help="Every AUC, every curve point, the sanity check's ρ per step and the verdicts.",
+    )
 
 
 def ranking_table(outcome: service.EvaluationOutcome, labels: dict[str, str]) -> None:
@@ -1881,9 +2073,11 @@ def run_sanity(
 ) -> service.SanityOutcome | Failure:
     progress, clear = service.streamlit_progress(slot, "Sanity check")
     try:
-        return service.sanity_check(
+        outcome = service.sanity_check(
             model, image, methods, target=target, mode=mode, progress=progress
         )
+        remember_outcome("sanity", model, image, outcome)
+        return outcome
     except ServiceError as err:
         return Failure(str(err), err.retry_key if err.retryable else None)
     finally:

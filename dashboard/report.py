@@ -17,12 +17,15 @@ from typing import Any
 
 import numpy as np
 
+from dashboard.charts import RANDOM_LABEL, RANDOM_ROW
 from dashboard.service import (
+    EvaluationOutcome,
     ExplanationResult,
     LoadedImage,
     MethodSummary,
     ModelSummary,
     Prediction,
+    SanityOutcome,
 )
 from dashboard.visuals import DisplaySettings, compose_grid, enlarge
 from explainers import render
@@ -119,7 +122,210 @@ vertical-align:top;border-bottom:1px solid #eef0f2}th{color:#5b6470;font-weight:
 .pics{display:flex;gap:1rem;flex-wrap:wrap;align-items:flex-start}.pics figure{margin:0}
 figcaption{font-size:.85rem;color:#5b6470;text-align:center}
 .problem{color:#8a4b00;background:#fff6e5;border-radius:6px;padding:.5rem .8rem}
+.flag{color:#8a4b00}.pass{color:#1d6b35}svg{background:#fafbfc;border:1px solid #eef0f2}
 """
+
+#: Line colours of the curve charts (the random row is grey and dashed).
+_COLOURS = ("#2563eb", "#d97706", "#059669", "#db2777", "#7c3aed", "#0891b2", "#65a30d", "#dc2626")
+
+
+def beats_random(
+    deletion: float, insertion: float, random_deletion: float, random_insertion: float
+) -> str:
+    """Whether a map beats the random map: lower deletion AUC and/or higher insertion AUC."""
+    lower, higher = deletion < random_deletion, insertion > random_insertion
+    if lower and higher:
+        return "yes, on both"
+    if lower:
+        return "deletion only"
+    if higher:
+        return "insertion only"
+    return "no"
+
+
+def evaluation_rows(outcome: EvaluationOutcome, labels: Mapping[str, str]) -> list[dict[str, Any]]:
+    """The Evaluate page's ranking as plain rows, best first (insertion AUC − deletion AUC)."""
+    random = next(r for r in outcome.rows if r.name == RANDOM_ROW)
+    rows = []
+    for row in outcome.rows:
+        is_random = row.name == RANDOM_ROW
+        rows.append(
+            {
+                "method": row.name,
+                "label": RANDOM_LABEL if is_random else labels.get(row.name, row.name),
+                "deletion_auc": float(row.deletion.auc),
+                "insertion_auc": float(row.insertion.auc),
+                "pointing_game": None
+                if row.pointing is None
+                else ("hit" if row.pointing else "miss"),
+                "energy_in_mask": row.energy,
+                "beats_random": "—"
+                if is_random
+                else beats_random(
+                    row.deletion.auc, row.insertion.auc, random.deletion.auc, random.insertion.auc
+                ),
+            }
+        )
+    rows.sort(key=lambda r: r["insertion_auc"] - r["deletion_auc"], reverse=True)
+    return rows
+
+
+def evaluation_json(
+    evaluation: EvaluationOutcome | None,
+    sanity: SanityOutcome | None,
+    labels: Mapping[str, str],
+    context: Mapping[str, Any],
+) -> str:
+    """Everything the Evaluate page computed, as JSON: scores, full curves, sanity ρ and
+    verdicts, with ``context`` (model and image SHA-256, target, protocol)."""
+    payload: dict[str, Any] = {"context": dict(context)}
+    if evaluation is not None:
+        payload["evaluation"] = {
+            "target": evaluation.target,
+            "step": evaluation.step,
+            "deletion_substrate": evaluation.deletion_substrate,
+            "insertion_substrate": evaluation.insertion_substrate,
+            "ranking": evaluation_rows(evaluation, labels),
+            "curves": {
+                row.name: {
+                    kind: {
+                        "fractions": [float(v) for v in getattr(row, kind).fractions],
+                        "probabilities": [float(v) for v in getattr(row, kind).probabilities],
+                    }
+                    for kind in ("deletion", "insertion")
+                }
+                for row in evaluation.rows
+            },
+        }
+    if sanity is not None:
+        payload["sanity"] = {
+            "mode": sanity.mode,
+            "target": sanity.target,
+            "rule": sanity.rule,
+            "threshold": sanity.threshold,
+            "steps": list(sanity.step_names),
+            "methods": {
+                m: {
+                    "label": labels.get(m, m),
+                    "flagged": sanity.flagged[m],
+                    "verdict": sanity.verdicts[m],
+                    "spearman_abs": [_finite(v) for v in sanity.correlations[m]],
+                    "spearman_signed": [_finite(v) for v in sanity.signed_correlations[m]],
+                }
+                for m in sanity.methods
+            },
+        }
+    return json.dumps(payload, indent=2)
+
+
+def _finite(value: float) -> float | None:
+    return None if not np.isfinite(value) else float(value)
+
+
+def _curves_svg(outcome: EvaluationOutcome, kind: str, labels: Mapping[str, str]) -> str:
+    """One deletion or insertion chart as inline SVG (no script, no external resource)."""
+    width, height, pad = 420, 260, 36
+    lines, legend = [], []
+    for i, row in enumerate(outcome.rows):
+        curve = getattr(row, kind)
+        is_random = row.name == RANDOM_ROW
+        colour = "#8b95a1" if is_random else _COLOURS[i % len(_COLOURS)]
+        points = " ".join(
+            f"{pad + f * (width - 2 * pad):.1f},{height - pad - p * (height - 2 * pad):.1f}"
+            for f, p in zip(curve.fractions, np.clip(curve.probabilities, 0, 1), strict=True)
+        )
+        dash = ' stroke-dasharray="5,4"' if is_random else ""
+        lines.append(
+            f'<polyline fill="none" stroke="{colour}" stroke-width="2"{dash} points="{points}"/>'
+        )
+        name = RANDOM_LABEL if is_random else labels.get(row.name, row.name)
+        legend.append(
+            f'<span style="color:{colour}">■</span> {html.escape(name)} (AUC {curve.auc:.3f})'
+        )
+    axes = (
+        f'<line x1="{pad}" y1="{height - pad}" x2="{width - pad}" y2="{height - pad}" '
+        'stroke="#5b6470"/>'
+        f'<line x1="{pad}" y1="{pad}" x2="{pad}" y2="{height - pad}" stroke="#5b6470"/>'
+        f'<text x="{width / 2}" y="{height - 8}" font-size="11" text-anchor="middle">fraction of '
+        f"pixels {'removed' if kind == 'deletion' else 'restored'}</text>"
+        f'<text x="{pad - 4}" y="{pad}" font-size="10" text-anchor="end">1</text>'
+        f'<text x="{pad - 4}" y="{height - pad}" font-size="10" text-anchor="end">0</text>'
+    )
+    title = (
+        "Deletion (lower AUC is better)" if kind == "deletion" else "Insertion (higher is better)"
+    )
+    return (
+        f"<figure><svg width='{width}' height='{height}' role='img' aria-label='{title}'>"
+        f"{axes}{''.join(lines)}</svg><figcaption>{title}<br>{'<br>'.join(legend)}"
+        "</figcaption></figure>"
+    )
+
+
+def evaluation_section(
+    outcome: EvaluationOutcome, labels: Mapping[str, str], class_name: str
+) -> str:
+    """HTML: the ranking table and both curve charts."""
+    esc = html.escape
+    rows = evaluation_rows(outcome, labels)
+    with_mask = any(r["pointing_game"] is not None for r in rows)
+    head = "<tr><th>Method</th><th>Deletion AUC ↓</th><th>Insertion AUC ↑</th>"
+    head += "<th>Pointing game</th><th>Energy in mask</th>" if with_mask else ""
+    head += "<th>Beats random</th></tr>"
+    body = ""
+    for r in rows:
+        body += f"<tr><td>{esc(r['label'])}</td><td>{r['deletion_auc']:.3f}</td>"
+        body += f"<td>{r['insertion_auc']:.3f}</td>"
+        if with_mask:
+            energy = "—" if r["energy_in_mask"] is None else f"{r['energy_in_mask']:.1%}"
+            body += f"<td>{esc(r['pointing_game'] or '—')}</td><td>{energy}</td>"
+        body += f"<td>{esc(r['beats_random'])}</td></tr>"
+    protocol = (
+        f"Target class: {esc(class_name)} ({outcome.target}). "
+        f"{len(outcome.rows[0].deletion.fractions)} points per curve (step {outcome.step:g}); "
+        f"deletion onto the {esc(outcome.deletion_substrate)} substrate, insertion from the "
+        f"{esc(outcome.insertion_substrate)} substrate (Petsiuk et al. 2018). Sorted by "
+        "insertion AUC − deletion AUC."
+    )
+    charts = "".join(_curves_svg(outcome, kind, labels) for kind in ("deletion", "insertion"))
+    return (
+        f"<p class='muted'>{protocol}</p><table>{head}{body}</table>"
+        f"<div class='pics'>{charts}</div>"
+    )
+
+
+def sanity_section(outcome: SanityOutcome, labels: Mapping[str, str]) -> str:
+    """HTML: the randomisation test's ρ per step and each method's verdict with the rule."""
+    esc = html.escape
+    cascading = outcome.mode == "cascading"
+    steps = "".join(
+        f"<th>{'+ ' if cascading and i else ''}{esc(name)}</th>"
+        for i, name in enumerate(outcome.step_names)
+    )
+    body = ""
+    for m in outcome.methods:
+        cells = "".join(
+            "<td>—</td>" if not np.isfinite(v) else f"<td>{v:.2f}</td>"
+            for v in outcome.correlations[m]
+        )
+        body += f"<tr><td>{esc(labels.get(m, m))}</td>{cells}</tr>"
+
+    def sentence(method: str) -> str:
+        # The library's verdict starts with the registry name ("guided_backprop: passes — …").
+        verdict = outcome.verdicts[method]
+        return verdict.split(": ", 1)[1] if verdict.startswith(f"{method}: ") else verdict
+
+    verdicts = "".join(
+        f"<li class='{'flag' if outcome.flagged[m] else 'pass'}'><b>{esc(labels.get(m, m))}</b>: "
+        f"{esc(sentence(m))}</li>"
+        for m in outcome.methods
+    )
+    return (
+        "<p class='muted'>Model-parameter randomisation (Adebayo et al. 2018), "
+        f"{esc(outcome.mode)} mode, target class {outcome.target}: Spearman ρ of the absolute "
+        "maps with the original map after each step (output side first).</p>"
+        f"<table><tr><th>Method</th>{steps}</tr>{body}</table><ul>{verdicts}</ul>"
+        f"<p class='muted'>Rule: {esc(outcome.rule)}.</p>"
+    )
 
 
 def html_report(
@@ -131,8 +337,13 @@ def html_report(
     settings: DisplaySettings,
     versions: Mapping[str, str],
     generated: dt.datetime | None = None,
+    evaluation: EvaluationOutcome | None = None,
+    sanity: SanityOutcome | None = None,
+    labels: Mapping[str, str] | None = None,
 ) -> str:
-    """A self-contained HTML review report of the explanations of one image by one model."""
+    """A self-contained HTML review report of the explanations of one image by one model, with
+    the Evaluate page's faithfulness scores and curves (``evaluation``) and the randomisation
+    sanity check (``sanity``) when given: they must be for this model and image."""
     generated = generated or dt.datetime.now(dt.UTC)
     esc = html.escape
     width, height = image.size
@@ -177,8 +388,26 @@ def html_report(
                 ("Engine", result.engine),
                 ("Time", f"{result.seconds:.2f} s"),
             ]
+            magnitude = result.extras.get("magnitude")
+            if isinstance(magnitude, dict) and "max_abs" in magnitude:
+                units = magnitude.get("units") or "attribution units"
+                facts += [
+                    ("Explained score", magnitude.get("score_text") or f"{result.score:.6g}"),
+                    (
+                        "Raw map",
+                        f"min {magnitude['min']:.4g} · max {magnitude['max']:.4g} · "
+                        f"sum {magnitude['sum']:.4g} · max |value| {magnitude['max_abs']:.4g} "
+                        f"({units})",
+                    ),
+                ]
             params = sorted(result.params.items())
-            extras = sorted(result.extras.items())
+            extras = sorted(
+                (k, v) for k, v in result.extras.items() if k not in ("warnings", "magnitude")
+            )
+            warnings = "".join(
+                f"<p class='problem'>⚠ {esc(str(w))}</p>"
+                for w in result.extras.get("warnings") or ()
+            )
             body = (
                 "<div class='pics'>"
                 f"<figure>{_img(image.pixels, 'input image')}"
@@ -187,12 +416,23 @@ def html_report(
                 "<figcaption>overlay</figcaption></figure>"
                 f"<figure>{_img(entry.heatmap, method.label + ' heatmap')}"
                 "<figcaption>heatmap</figcaption></figure></div>"
+                + warnings
                 + _table(facts)
                 + "<p><b>Parameters (resolved)</b></p>"
                 + (_table(params, "params") if params else "<p class='muted'>none</p>")
                 + ("<p><b>Extras</b></p>" + _table(extras) if extras else "")
             )
         method_blocks.append(f"<section class='method'>{head}{body}</section>")
+    labels = dict(labels or {m.method.name: m.method.label for m in entries})
+    evaluation_html = ""
+    if evaluation is not None:
+        class_name = model.class_names[evaluation.target]
+        evaluation_html = "<h2>Faithfulness and localisation</h2>" + evaluation_section(
+            evaluation, labels, class_name
+        )
+    if sanity is not None:
+        evaluation_html += "<h2>Sanity check</h2>" + sanity_section(sanity, labels)
+    methods_html = f"<h2>Methods</h2>{''.join(method_blocks)}" if method_blocks else ""
     version_rows = list(versions.items())
     return f"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8">
@@ -210,7 +450,8 @@ dashboard (explainers {esc(versions.get("explainers", "?"))}).</p>
 <table><tr><th>Index</th><th>Class</th><th>Probability</th></tr>{prediction_rows}</table>
 <h2>Display</h2><p>{esc(settings.describe())}. Display settings change only the pictures, never
 the raw attributions.</p>
-<h2>Methods</h2>{"".join(method_blocks)}
+{methods_html}
+{evaluation_html}
 <h2>Versions</h2>{_table(version_rows)}
 </body></html>
 """

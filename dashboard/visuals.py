@@ -36,6 +36,9 @@ class DisplaySettings:
     blur: float = 0.0
     outline_mask: bool = False
     outline_marker: bool = False
+    #: None: each map scaled to its own clipping percentile. A number: the raw value (in the
+    #: maps' units) that gets the top colour, shared by every map drawn with these settings.
+    scale: float | None = None
 
     @property
     def colormap(self) -> str:
@@ -43,9 +46,14 @@ class DisplaySettings:
         return self.diverging_colormap if self.sign == "signed" else self.sequential_colormap
 
     def describe(self) -> str:
+        scaling = (
+            f"clipped at the {self.clip_percentile:g}th percentile of each map"
+            if self.scale is None
+            else f"one shared colour scale (top colour at {self.scale:.4g} raw units)"
+        )
         return (
             f"sign {self.sign}, colormap {self.colormap}, opacity {self.alpha:.2f}, "
-            f"clipped at the {self.clip_percentile:g}th percentile, blur σ {self.blur:g} px"
+            f"{scaling}, blur σ {self.blur:g} px"
         )
 
 
@@ -103,6 +111,21 @@ def draw_outlines(
     return out
 
 
+def shared_scale(attributions: Sequence[np.ndarray], settings: DisplaySettings) -> float:
+    """One colour scale for several maps: the largest of their own clipping scales (raw units),
+    so no map is clipped more than it would be on its own and their magnitudes compare."""
+    scales = [
+        render.display_scale(
+            a,
+            sign=settings.sign,  # type: ignore[arg-type]
+            clip_percentile=settings.clip_percentile,
+            blur=settings.blur,
+        )
+        for a in attributions
+    ]
+    return max(scales, default=0.0)
+
+
 def heatmap_rgb(attribution: np.ndarray, settings: DisplaySettings) -> np.ndarray:
     """The colour-mapped map alone, uint8 (H, W, 3)."""
     return render.heatmap(
@@ -111,6 +134,7 @@ def heatmap_rgb(attribution: np.ndarray, settings: DisplaySettings) -> np.ndarra
         colormap=settings.colormap,
         clip_percentile=settings.clip_percentile,
         blur=settings.blur,
+        scale=settings.scale,
     )
 
 
@@ -130,6 +154,7 @@ def overlay_rgb(
         alpha=settings.alpha,
         clip_percentile=settings.clip_percentile,
         blur=settings.blur,
+        scale=settings.scale,
     )
     return draw_outlines(
         blended,
@@ -178,9 +203,35 @@ def channel_order(activations: np.ndarray, order: str) -> list[int]:
     return list(range(activations.shape[-1]))
 
 
+def _dejavu_path() -> str | None:
+    """DejaVu Sans (covers "×", "≈", "ε", "—"): matplotlib's copy (installed with LIME), else
+    the system's (Debian: fonts-dejavu-core). Pillow's built-in font lacks those glyphs."""
+    import importlib.util
+    from pathlib import Path
+
+    candidates = []
+    spec = importlib.util.find_spec("matplotlib")
+    if spec is not None and spec.submodule_search_locations:
+        for folder in spec.submodule_search_locations:
+            candidates.append(Path(folder) / "mpl-data" / "fonts" / "ttf" / "DejaVuSans.ttf")
+    candidates.append(Path("/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf"))
+    return next((str(p) for p in candidates if p.is_file()), None)
+
+
 @lru_cache(maxsize=4)
 def _font(size: int) -> ImageFont.FreeTypeFont | ImageFont.ImageFont:
+    path = _dejavu_path()
+    if path is not None:
+        return ImageFont.truetype(path, size=size)
     return ImageFont.load_default(size=size)
+
+
+#: What to write instead of characters Pillow's built-in font cannot draw (when no DejaVu).
+_ASCII_FALLBACK = str.maketrans({"×": "x", "≈": "~", "—": "-", "–": "-", "ε": "eps", "·": "-"})
+
+
+def _drawable(text: str) -> str:
+    return text if _dejavu_path() is not None else text.translate(_ASCII_FALLBACK)
 
 
 def compose_grid(
@@ -200,13 +251,13 @@ def compose_grid(
     canvas = Image.new("RGB", (width, height), (255, 255, 255))
     draw = ImageDraw.Draw(canvas)
     if title:
-        draw.text((pad, 10), title, fill=(20, 20, 20), font=_font(20))
+        draw.text((pad, 10), _drawable(title), fill=(20, 20, 20), font=_font(20))
     for i, (heading, caption, rgb) in enumerate(panels):
         row, column = divmod(i, columns)
         x = pad + column * (tile + pad)
         y = top + pad + row * (head + tile + foot + pad)
-        draw.text((x, y + 4), heading, fill=(20, 20, 20), font=_font(18))
+        draw.text((x, y + 4), _drawable(heading), fill=(20, 20, 20), font=_font(18))
         picture = Image.fromarray(fit(rgb, tile))
         canvas.paste(picture, (x + (tile - picture.width) // 2, y + head))
-        draw.text((x, y + head + tile + 4), caption, fill=(90, 90, 90), font=_font(14))
+        draw.text((x, y + head + tile + 4), _drawable(caption), fill=(90, 90, 90), font=_font(14))
     return np.asarray(canvas)

@@ -68,7 +68,7 @@ def test_no_legacy_pages_directory():
 # ------------------------------------------------------------------------------------------------
 def test_explain_default_state_renders(app):
     assert [t.value for t in app.title] == ["Explain"]
-    assert app.session_state["active_model"].ref.file_name == "demo_shapes.keras"
+    assert app.session_state["active_model"].ref.file_name == "tiny_standin.keras"
     assert app.session_state["active_image"].name == "shapes_circle_1"
     assert app.selectbox(key="explain_method").value == "grad_cam"
     assert "**Grad-CAM overlay**" in texts(app.markdown)
@@ -107,9 +107,33 @@ def test_explain_engine_choice(app):
 
 
 def test_explain_target_class_is_selectable(app):
-    app.selectbox(key="explain_target").select(2).run()
+    (picker,) = [s for s in app.selectbox if s.label == "Class to explain"]
+    assert picker.key.startswith("explain_target_")
+    picker.select(2).run()
     assert_clean(app)
     assert "**Target:** triangle (class 2" in texts(app.markdown)
+
+
+def test_the_class_picker_follows_a_model_change(app, assets):
+    """After loading another model, 'Class to explain' names the new model's top class and
+    probability on the first render (it showed the previous model's for one render)."""
+    import explainers
+
+    from .dashboard_helpers import tiny_flatten_model
+
+    path = assets / "other_model.keras"
+    if not path.exists():
+        tiny_flatten_model(seed=5).save(path)
+    app.radio(key="sidebar_model_source").set_value("Upload a file").run()
+    app.file_uploader(key="sidebar_model_upload").upload(
+        path.name, path.read_bytes(), "application/octet-stream"
+    ).run()
+    assert_clean(app)
+    probs = explainers.load_model(path).predict(app.session_state["active_image"].pixels)
+    top = int(np.argmax(probs))
+    (picker,) = [s for s in app.selectbox if s.label == "Class to explain"]
+    names = app.session_state["active_model"].class_names
+    assert picker.options[picker.index] == f"Top prediction — {names[top]} ({probs[top]:.1%})"
 
 
 def test_explain_display_changes_do_not_recompute(app):
@@ -290,8 +314,8 @@ def test_bad_model_upload_shows_error_and_keeps_previous_model(app):
     assert not app.exception
     message = texts(app.error)
     assert "'broken.keras' is damaged or truncated" in message  # the user's name for the file
-    assert "Still using **demo_shapes.keras**" in message
-    assert app.session_state["active_model"].ref.file_name == "demo_shapes.keras"
+    assert "Still using **tiny_standin.keras**" in message
+    assert app.session_state["active_model"].ref.file_name == "tiny_standin.keras"
     assert "**Grad-CAM overlay**" in texts(app.markdown)
 
 
@@ -323,7 +347,7 @@ def test_keras_applications_offline_is_a_plain_message(app, monkeypatch, tmp_pat
     assert not app.exception
     message = texts(app.error)
     assert "no internet access" in message and "Upload a saved .keras" in message
-    assert app.session_state["active_model"].ref.file_name == "demo_shapes.keras"
+    assert app.session_state["active_model"].ref.file_name == "tiny_standin.keras"
 
 
 def test_bundled_demo_model_is_the_default(monkeypatch):
@@ -364,7 +388,7 @@ def loaded(assets):
     from dashboard import service
 
     model = service.load_model(
-        service.file_model_ref(assets / "models" / "demo_shapes.keras", preprocessing="auto")
+        service.file_model_ref(assets / "models" / "tiny_standin.keras", preprocessing="auto")
     )
     image = service.load_sample(
         service.Sample(
@@ -432,7 +456,7 @@ def test_html_report_and_exports(loaded):
     )
     assert model.sha256 in page and image.sha256 in page
     assert "Vanilla gradients" in page and "Grad-CAM" in page and "skipped on purpose" in page
-    assert "demo_shapes.keras" in page and f"<td>{model.n_layers}</td>" in page
+    assert "tiny_standin.keras" in page and f"<td>{model.n_layers}</td>" in page
     for name in ("TensorFlow", "Keras", "explainers"):
         assert f"<th>{name}</th>" in page
     assert page.count('src="data:image/png;base64,') >= 1 + 3 * 2
