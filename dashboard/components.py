@@ -61,6 +61,14 @@ _STYLE = """
 [class*="st-key-compare_card_"] h5 {
   white-space: nowrap; overflow: hidden; text-overflow: ellipsis;
 }
+/* Method chips wrap onto more lines: one scrolling line cut the first chips out of view. */
+[data-testid="stMultiSelectTagsContainer"],
+[data-testid="stMultiSelectTagsContainer"] > [role="group"] {
+  flex-wrap: wrap; overflow: visible; height: auto; max-height: none;
+}
+[data-testid="stMultiSelect"] .react-aria-ComboBox > [role="group"] {
+  height: auto; max-height: none;
+}
 </style>
 """
 

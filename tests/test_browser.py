@@ -23,9 +23,17 @@ import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
+import numpy as np
 import pytest
 
-from .dashboard_helpers import APP, build_assets, png_bytes, sample_image, tiny_flatten_model
+from .dashboard_helpers import (
+    APP,
+    build_assets,
+    png_bytes,
+    sample_image,
+    tiny_cam_model,
+    tiny_flatten_model,
+)
 
 pytestmark = pytest.mark.browser
 
@@ -425,5 +433,91 @@ def test_changes_during_a_long_computation_show_the_right_result(demo_server):
             shown = " ".join(captions.all_inner_texts())
             assert shown.count("square (p") >= 5, shown
             page.screenshot(path=str(ARTIFACTS / "browser-09-compare-mid-run.png"), full_page=True)
+        finally:
+            browser.close()
+
+
+#: Concurrent browser sessions in the many-users test (docs/RELIABILITY.md quotes this number).
+SESSIONS = 4
+
+
+def test_concurrent_browser_sessions_keep_their_own_inputs(server, tmp_path):
+    """SESSIONS browser sessions on one server at once, each uploading its own model file and
+    picking its own sample while the others do the same: each page shows its own model's
+    prediction for its own image. (Streamlit runs each session's script in its own thread of
+    the one server process; the service's caches and the worker pool are shared.)"""
+    from playwright.sync_api import expect, sync_playwright
+
+    import explainers
+
+    expect.set_options(timeout=COMPUTE_S * 1000)
+    builders = [
+        lambda: tiny_cam_model(seed=10),
+        lambda: tiny_cam_model(seed=11),
+        lambda: tiny_flatten_model(seed=12),
+        lambda: tiny_cam_model(seed=13),
+    ]
+    # The stand-in assets' samples, as build_assets draws them (PNG keeps the pixels exactly).
+    samples = {
+        "shapes_circle_1": sample_image("circle", 0)[0],
+        "shapes_square_1": sample_image("square", 1)[0],
+    }
+    users = []
+    for index, build in enumerate(builders[:SESSIONS]):
+        path = tmp_path / f"user{index}.keras"
+        build().save(path)
+        name = sorted(samples)[index % 2]
+        probs = explainers.load_model(path).predict(samples[name])
+        users.append((path, name, int(np.argmax(probs)), float(np.max(probs))))
+
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=_chromium(), args=CHROMIUM_ARGS)
+        try:
+            pages = []
+            for _ in users:
+                page = browser.new_context(viewport={"width": 1440, "height": 1000}).new_page()
+                page.set_default_timeout(COMPUTE_S * 1000)
+                page.goto(server)
+                pages.append(page)
+            for page in pages:
+                expect(page.get_by_text("Grad-CAM overlay")).to_be_visible()
+            # Every session uploads its model before any waits: the server runs them together.
+            for page, (path, *_rest) in zip(pages, users, strict=True):
+                sidebar = page.locator('[data-testid="stSidebar"]')
+                sidebar.get_by_text("Upload a file", exact=True).click()
+                uploader = sidebar.locator('[data-testid="stFileUploader"]').filter(
+                    has_text="Keras model file"
+                )
+                uploader.locator('input[type="file"]').set_input_files(str(path))
+            for page, (path, *_rest) in zip(pages, users, strict=True):
+                sidebar = page.locator('[data-testid="stSidebar"]')
+                expect(sidebar.get_by_text(f"Loaded {path.name}")).to_be_visible()
+            # Then every session picks its sample, again all at once.
+            for page, (_, name, *_rest) in zip(pages, users, strict=True):
+                page.locator(".st-key-sidebar_sample [role='combobox']").click()
+                page.keyboard.press("ControlOrMeta+a")
+                page.keyboard.type(name)
+                page.get_by_role("option", name=name, exact=True).click()
+            problems = []
+            for index, (page, (path, name, top, p)) in enumerate(zip(pages, users, strict=True)):
+                main = page.locator('[data-testid="stMain"]')
+                expect(main.get_by_text(f"image {name}", exact=False)).to_be_visible()
+                _wait_idle(page)
+                _assert_no_exception(page)
+                text = main.inner_text()
+                shown = re.findall(
+                    r"Model (\S+) · image (\S+) .*?predicted (.+?) \(([\d.]+)%\)", text
+                )
+                expected = (path.name, name, f"class {top}")
+                if not (
+                    len(shown) == 1
+                    and shown[0][:3] == expected
+                    and abs(float(shown[0][3]) / 100 - p) <= 0.0006
+                ):
+                    problems.append(
+                        f"session {index}: expected {expected} at {p:.4f}, page shows {shown}"
+                    )
+                page.screenshot(path=str(ARTIFACTS / f"browser-10-session-{index}.png"))
+            assert not problems, problems
         finally:
             browser.close()

@@ -8,6 +8,7 @@ interactions recompute an explanation and which only re-render a cached map.
 from __future__ import annotations
 
 import io
+import re
 
 import numpy as np
 import pytest
@@ -886,3 +887,101 @@ def test_evaluate_crashes_offer_retry(app, monkeypatch):
     assert_clean(app)
     assert count("sanity") == sanity + 1
     assert len(app.success) + len(app.warning) == 2
+
+
+@pytest.fixture
+def demo_app(monkeypatch):
+    """The app on the real bundled assets (shipped demo model, first sample shapes_circle_0)."""
+    from dashboard import service
+
+    if not (service.ASSETS_DIR / "models" / "demo_shapes.keras").exists():
+        pytest.skip("the demo assets are not built (python assets/make_demo_models.py)")
+    monkeypatch.delenv("EXPLAINER_ASSETS_DIR", raising=False)
+    at = AppTest.from_file(str(APP), default_timeout=TIMEOUT)
+    at.run()
+    assert_clean(at)
+    assert at.session_state["active_image"].name == "shapes_circle_0"
+    return at
+
+
+def test_score_cam_on_the_default_sample_shows_a_map_and_its_units(demo_app):
+    """On the shipped model's default sample Score-CAM gives a non-empty map with no warning
+    (it was silently empty); the paper's baseline-subtracted form is empty and the page says why,
+    beside the picture, with the raw values in their units."""
+    app = demo_app
+    app.selectbox(key="explain_method").select("score_cam").run()
+    assert_clean(app)
+    facts = texts(app.markdown)
+    assert "**Method:** Score-CAM (`score_cam`)" in facts
+    assert "**Raw values:** min 0, max 0," not in facts
+    assert re.search(r"\*\*Raw values:\*\* min [\d.e+-]+, max [1-9]", facts), facts
+    assert "explained score: probability of circle" in facts
+    assert not app.warning
+    app.checkbox(key="explain_score_cam_baseline_subtract").check().run()
+    assert_clean(app)
+    warnings = texts(app.warning)
+    assert "Every Score-CAM channel weight is ≤ 0" in warnings
+    assert "Subtract the baseline score" in warnings
+    assert "**Raw values:** min 0, max 0, sum 0" in texts(app.markdown)
+
+
+def test_compare_shared_scale_redraws_without_recomputing(demo_app):
+    """'One scale for all cards' redraws the cards from the cached maps (no model call) on one
+    colour scale: the weaker maps' overlays change, the strongest map's does not."""
+    app = demo_app
+    app.switch_page("app_pages/compare.py").run()
+    assert_clean(app)
+    own = [i.proto.imgs[0].url for i in app.image]
+    explained = count()
+    app.session_state["compare_scale_mode"] = "shared"
+    app.run()
+    assert_clean(app)
+    assert count() == explained
+    shared = [i.proto.imgs[0].url for i in app.image]
+    assert len(shared) == len(own) and shared != own
+
+
+def test_evaluate_exports_and_reports_carry_scores_curves_and_verdicts(app):
+    """After the curves and the sanity check, the Evaluate page offers its exports, and the HTML
+    report and JSON built from what the page computed hold every row, both curves per row and
+    each verdict with the rule."""
+    import json
+    from html import escape as html_escape
+
+    from dashboard import report, service
+
+    app.switch_page("app_pages/evaluate.py").run()
+    app.button(key="evaluate_sanity_run").click().run()
+    assert_clean(app)
+    buttons = {e.proto.label for e in app.get("download_button")}
+    assert {"Evaluation report (HTML)", "Scores and curves (JSON)"} <= buttons
+    evaluation = app.session_state["_last_evaluation"][2]
+    sanity = app.session_state["_last_sanity"][2]
+    model, image = app.session_state["active_model"], app.session_state["active_image"]
+    labels = {m.name: m.label for m in model.methods}
+    html = report.html_report(
+        model=model,
+        image=image,
+        predictions=service.predictions(model, image),
+        entries=(),
+        settings=report.DisplaySettings(),
+        versions={"explainers": "test"},
+        evaluation=evaluation,
+        sanity=sanity,
+        labels=labels,
+    )
+    assert html.count("<polyline") == 2 * len(evaluation.rows)
+    for row in report.evaluation_rows(evaluation, labels):
+        assert f"<td>{row['deletion_auc']:.3f}</td>" in html
+    for method in sanity.methods:
+        assert labels[method] in html
+        assert html_escape(sanity.verdicts[method].split(": ", 1)[1]) in html
+    assert html_escape(sanity.rule) in html
+    payload = json.loads(report.evaluation_json(evaluation, sanity, labels, {"image": image.name}))
+    curves = payload["evaluation"]["curves"]
+    assert set(curves) == {row.name for row in evaluation.rows}
+    first = evaluation.rows[0]
+    assert curves[first.name]["deletion"]["probabilities"] == pytest.approx(
+        list(first.deletion.probabilities)
+    )
+    assert {m: v["flagged"] for m, v in payload["sanity"]["methods"].items()} == sanity.flagged
