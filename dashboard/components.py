@@ -400,21 +400,30 @@ def methods_picker(page: Page, model: ModelSummary) -> list[MethodSummary]:
 AUTO_TARGET = -1
 
 
-def target_key(page: Page, model: ModelSummary) -> str:
-    """The widget key of ``page``'s class picker for ``model``."""
-    digest = hashlib.sha256(repr(model.ref.key).encode()).hexdigest()[:12]
+def target_key(page: Page, model: ModelSummary, predictions: Sequence[Prediction]) -> str:
+    """The widget key of ``page``'s class picker: one per model and per set of labels shown.
+
+    The browser kept showing a selectbox's old label when only its labels changed (options and
+    value the same): after a new model or image, "Top prediction — circle (100.0%)" stayed on
+    screen for the new model's class 0 at 20%. A new key draws a new widget."""
+    shown = [(p.index, f"{p.probability:.1%}") for p in predictions]
+    digest = hashlib.sha256(repr((model.ref.key, shown)).encode()).hexdigest()[:12]
     return state.key(page, f"target_{digest}")
 
 
 def target_picker(page: Page, model: ModelSummary, predictions: Sequence[Prediction]) -> int:
-    """The class to explain; 'top prediction' follows the image. Returns a class index."""
+    """The class to explain; 'top prediction' follows the image. Returns a class index.
+
+    The choice carries over to the next widget (a new image) for the same model; a new model
+    starts at 'top prediction' (a class index means nothing for another model)."""
     probability = {p.index: p.probability for p in predictions}
     top = predictions[0]
     options = [AUTO_TARGET, *range(model.n_classes)]
-    # One widget per model: a class index chosen for one model means nothing for another, and a
-    # widget kept across a model change showed the previous model's label for one render.
-    key = target_key(page, model)
-    state.default_option(key, options, AUTO_TARGET)
+    key = target_key(page, model, predictions)
+    remembered_key = state.key(page, "target_choice")
+    remembered = st.session_state.get(remembered_key)
+    carried = remembered[1] if remembered and remembered[0] == model.ref.key else AUTO_TARGET
+    state.default_option(key, options, carried)
 
     def label(index: int) -> str:
         if index == AUTO_TARGET:
@@ -426,9 +435,9 @@ def target_picker(page: Page, model: ModelSummary, predictions: Sequence[Predict
         options,
         key=key,
         format_func=label,
-        persist_state="session",
         help="Explanations answer: which pixels raise the score of this class?",
     )
+    st.session_state[remembered_key] = (model.ref.key, chosen)
     return top.index if chosen == AUTO_TARGET else int(chosen)
 
 

@@ -227,6 +227,14 @@ def test_upload_compare_adjust_and_download_report(server, tmp_path):
             expect(sidebar.get_by_text("upload.png · 48×48")).to_be_visible()
             _wait_idle(page)
             _assert_no_exception(page)
+            # The class picker shows this model's top class for this image, as the header does
+            # (it showed the previous model's label for one render).
+            header = re.search(
+                r"predicted (.+?) \(([\d.]+%)\)", main.get_by_text("predicted").first.inner_text()
+            )
+            assert header is not None
+            picker = main.locator("[class*='st-key-explain_target_'] [role='combobox']")
+            expect(picker).to_have_value(f"Top prediction — {header[1]} ({header[2]})")
             page.screenshot(path=str(ARTIFACTS / "browser-02-uploaded.png"))
 
             # Compare: CAM does not apply to this model (no GAP head) and says why.

@@ -52,6 +52,12 @@ def texts(elements) -> str:
     return "\n".join(str(e.value) for e in elements)
 
 
+def service_predictions(model, image):
+    from dashboard import service
+
+    return service.predictions(model, image, k=model.n_classes)
+
+
 def count(kind: str = "explain") -> int:
     from dashboard import service
 
@@ -112,6 +118,16 @@ def test_explain_target_class_is_selectable(app):
     assert picker.key.startswith("explain_target_")
     picker.select(2).run()
     assert_clean(app)
+    assert "**Target:** triangle (class 2" in texts(app.markdown)
+    # Another image: a new widget (its labels changed) that keeps the chosen class, labelled
+    # with the new image's probability.
+    app.selectbox(key="sidebar_sample").select("shapes_square_1").run()
+    assert_clean(app)
+    (picker,) = [s for s in app.selectbox if s.label == "Class to explain"]
+    assert picker.value == 2
+    model, image = app.session_state["active_model"], app.session_state["active_image"]
+    p = {q.index: q.probability for q in service_predictions(model, image)}[2]
+    assert picker.options[picker.index] == f"triangle ({p:.1%})"
     assert "**Target:** triangle (class 2" in texts(app.markdown)
 
 
