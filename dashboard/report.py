@@ -433,6 +433,12 @@ def html_report(
     if sanity is not None:
         evaluation_html += "<h2>Sanity check</h2>" + sanity_section(sanity, labels)
     methods_html = f"<h2>Methods</h2>{''.join(method_blocks)}" if method_blocks else ""
+    display_html = (
+        f"<h2>Display</h2><p>{esc(settings.describe())}. Display settings change only the "
+        "pictures, never the raw attributions.</p>"
+        if method_blocks
+        else ""
+    )
     version_rows = list(versions.items())
     return f"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8">
@@ -448,8 +454,7 @@ dashboard (explainers {esc(versions.get("explainers", "?"))}).</p>
 {_table(image_rows)}</div>
 <h2>Predictions</h2>
 <table><tr><th>Index</th><th>Class</th><th>Probability</th></tr>{prediction_rows}</table>
-<h2>Display</h2><p>{esc(settings.describe())}. Display settings change only the pictures, never
-the raw attributions.</p>
+{display_html}
 {methods_html}
 {evaluation_html}
 <h2>Versions</h2>{_table(version_rows)}
