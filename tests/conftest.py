@@ -36,3 +36,22 @@ def shortcut_bundle():
     import explainers
 
     return explainers.load_model(SHORTCUT_MODEL, labels=DEMO_LABELS)
+
+
+@pytest.fixture
+def hook_pool(monkeypatch):
+    """Make pools of workers with the test-only jobs (crash, sleep, allocate, progress) switched
+    on; every pool made is shut down after the test."""
+    monkeypatch.setenv("EXPLAINER_WORKER_TEST_HOOKS", "1")
+    from dashboard import worker
+
+    pools: list[worker.WorkerPool] = []
+
+    def make(**settings) -> worker.WorkerPool:
+        made = worker.WorkerPool(worker.WorkerSettings(**settings))
+        pools.append(made)
+        return made
+
+    yield make
+    for made in pools:
+        made.shutdown()

@@ -11,6 +11,8 @@ models are trained separately; tests/test_shipped_models.py runs them.
 from __future__ import annotations
 
 import io
+import threading
+import time
 from pathlib import Path
 
 import numpy as np
@@ -104,3 +106,13 @@ def build_assets(folder: Path) -> Path:
             mask_rgb = np.repeat(mask[:, :, None], 3, axis=2).astype(np.uint8) * 255
             (samples / f"shapes_{kind}_1_mask.png").write_bytes(png_bytes(mask_rgb))
     return folder
+
+
+def join_all(threads: list[threading.Thread], timeout: float) -> None:
+    """Join every thread within ``timeout`` seconds in all; a thread still running fails (a
+    plain ``join(timeout)`` returns silently and would let a hung session pass)."""
+    deadline = time.monotonic() + timeout
+    for thread in threads:
+        thread.join(max(0.0, deadline - time.monotonic()))
+    stuck = [t.name for t in threads if t.is_alive()]
+    assert not stuck, f"still running after {timeout:.0f} s: {stuck}"

@@ -21,7 +21,7 @@ import explainers
 from dashboard import service, worker
 from dashboard.protocol import ServiceError
 
-from .dashboard_helpers import build_assets, png_bytes, sample_image
+from .dashboard_helpers import build_assets, join_all, png_bytes, sample_image
 
 
 class Stopped(BaseException):
@@ -38,29 +38,6 @@ def raise_after(calls: int):
             raise Stopped(message)
 
     return progress
-
-
-@pytest.fixture
-def hook_pool(monkeypatch):
-    monkeypatch.setenv("EXPLAINER_WORKER_TEST_HOOKS", "1")
-    pools: list[worker.WorkerPool] = []
-
-    def make(**settings) -> worker.WorkerPool:
-        made = worker.WorkerPool(worker.WorkerSettings(**settings))
-        pools.append(made)
-        return made
-
-    yield make
-    for made in pools:
-        made.shutdown()
-
-
-def _join_all(threads: list[threading.Thread], timeout: float) -> None:
-    deadline = time.monotonic() + timeout
-    for thread in threads:
-        thread.join(max(0.0, deadline - time.monotonic()))
-    stuck = [t.name for t in threads if t.is_alive()]
-    assert not stuck, f"threads still running after {timeout:.0f} s: {stuck}"
 
 
 def test_an_abandoned_request_is_cancelled_and_its_reply_never_read(hook_pool):
@@ -184,7 +161,7 @@ def test_abandoned_kernel_shap_then_concurrent_requests_match_the_library(stand_
         ]
         for thread in threads:
             thread.start()
-        _join_all(threads, 300)
+        join_all(threads, 300)
     assert not failures, failures
     assert sum(w.abandoned for w in worker.pool().workers) == 5
 

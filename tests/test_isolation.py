@@ -25,6 +25,7 @@ from .dashboard_helpers import (
     APP,
     CLASS_NAMES,
     build_assets,
+    join_all,
     png_bytes,
     sample_image,
     tiny_cam_model,
@@ -50,22 +51,6 @@ def demo_ref(assets):
     return service.file_model_ref(assets / "models" / "tiny_standin.keras")
 
 
-@pytest.fixture
-def hook_pool(monkeypatch):
-    """Make pools of workers with the test-only jobs (crash, sleep, allocate) switched on."""
-    monkeypatch.setenv("EXPLAINER_WORKER_TEST_HOOKS", "1")
-    pools: list[worker.WorkerPool] = []
-
-    def make(**settings) -> worker.WorkerPool:
-        made = worker.WorkerPool(worker.WorkerSettings(**settings))
-        pools.append(made)
-        return made
-
-    yield make
-    for made in pools:
-        made.shutdown()
-
-
 def _pixels(seed: int = 0) -> np.ndarray:
     return sample_image("circle", seed)[0]
 
@@ -73,15 +58,6 @@ def _pixels(seed: int = 0) -> np.ndarray:
 def _direct_probs(ref) -> np.ndarray:
     """The stand-in's probabilities for :func:`_pixels`, computed in this process."""
     return explainers.load_model(ref.location).predict(_pixels())
-
-
-def _join_all(threads: list[threading.Thread], timeout: float) -> None:
-    """Join every thread within ``timeout`` seconds in all; a thread still running fails."""
-    deadline = time.monotonic() + timeout
-    for thread in threads:
-        thread.join(max(0.0, deadline - time.monotonic()))
-    stuck = [t.name for t in threads if t.is_alive()]
-    assert not stuck, f"still running after {timeout:.0f} s: {stuck}"
 
 
 def test_a_crashing_worker_costs_one_request(hook_pool, demo_ref):
@@ -298,7 +274,7 @@ def test_concurrent_sessions_get_their_own_results(user_inputs):
     threads = [threading.Thread(target=session, args=(i,)) for i in range(len(user_inputs))]
     for thread in threads:
         thread.start()
-    _join_all(threads, 600)
+    join_all(threads, 600)
     assert not failures, failures
     # memory stays bounded: each worker holds at most its model limit, results their byte limit
     pool = worker.pool()
