@@ -668,6 +668,17 @@ def explain(
     return outcome
 
 
+def _refuse_unless(matches: bool, action: str) -> None:
+    """Refuse (and so never cache) a worker's answer that is not the one asked for."""
+    if not matches:
+        LOGGER.error("refused a reply that does not match its request: %s", action)
+        raise ServiceError(
+            f"Could not {action}: the compute worker's answer did not match the request, so it "
+            "was discarded. Press Retry.",
+            retryable=True,
+        )
+
+
 def _check_explanation(request: ExplanationRequest, image: LoadedImage, outcome: Any) -> None:
     """Refuse (and never cache) a result that is not the answer to ``request`` on ``image``.
 
@@ -718,6 +729,7 @@ def feature_maps(model: ModelSummary, image: LoadedImage, layer: str) -> np.ndar
             action=f"compute the feature maps of {layer}",
             model=model.ref,
         )
+    _refuse_unless(np.ndim(maps) == 3, f"compute the feature maps of {layer}")
     maps = _readonly(np.asarray(maps, np.float32))
     RESULTS.put(key, maps, maps.nbytes)
     return maps
@@ -770,6 +782,13 @@ def attack(
                 model=model.ref,
                 progress=progress,
             )
+        _refuse_unless(
+            outcome.method == method
+            and outcome.epsilon == float(epsilon)
+            and outcome.target == target
+            and outcome.adversarial.shape == image.pixels.shape,
+            f"run the {method.upper()} attack",
+        )
         RESULTS.put(key, outcome, outcome.adversarial.nbytes + outcome.perturbation.nbytes)
     adversarial = LoadedImage(
         name=f"{image.name} · {method.upper()} ε={epsilon:g}",
@@ -832,6 +851,12 @@ def evaluate(
             model=model.ref,
             progress=progress,
         )
+    _refuse_unless(
+        outcome.target == int(target)
+        and {row.name for row in outcome.rows} >= set(maps)
+        and outcome.deletion_substrate == deletion_substrate,
+        "compute the deletion and insertion curves",
+    )
     RESULTS.put(key, outcome, 0)
     return outcome
 
@@ -888,6 +913,12 @@ def sanity_check(
             model=model.ref,
             progress=progress,
         )
+    _refuse_unless(
+        tuple(outcome.methods) == tuple(methods)
+        and outcome.target == int(target)
+        and outcome.mode == mode,
+        "run the randomisation sanity check",
+    )
     size = sum(m.nbytes for maps in outcome.maps.values() for m in maps)
     RESULTS.put(key, outcome, size)
     return outcome

@@ -203,3 +203,36 @@ def test_reliability_doc_cites_these_tests():
     for name in [n for n in globals() if n.startswith("test_") and "reliability_doc" not in n]:
         assert f"`{name}`" in section, f"{name} is not cited in docs/RELIABILITY.md"
     assert "`test_changes_during_a_long_computation_show_the_right_result`" in section
+
+
+def test_attack_curve_and_sanity_replies_for_another_request_are_never_cached(
+    stand_in, monkeypatch
+):
+    """The same lock on the other cached results: an attack, curves or a sanity check computed
+    for one request and handed to the service as the answer to another is refused."""
+    path, images, _, _, _ = stand_in
+    worker.shutdown_pool()
+    service.clear_caches()
+    model = service.load_model(service.file_model_ref(path))
+    image = service.load_image_bytes("img0.png", png_bytes(images[0]))
+    fgsm, _ = service.attack(model, image, "fgsm", epsilon=4)
+    maps = {
+        "grad_cam": service.explain(
+            service.explanation_request(model, image, "grad_cam", {}, target=0), image
+        ).attribution
+    }
+    curves = service.evaluate(model, image, maps, target=0, step=0.1)
+    sanity = service.sanity_check(model, image, ("vanilla_gradients",), target=0)
+    asks = [
+        (fgsm, lambda: service.attack(model, image, "pgd", epsilon=4)),
+        (curves, lambda: service.evaluate(model, image, maps, target=1, step=0.1)),
+        (sanity, lambda: service.sanity_check(model, image, ("vanilla_gradients",), target=1)),
+    ]
+    for stale, ask in asks:
+        service.RESULTS.clear()
+        monkeypatch.setattr(service, "_call", lambda *a, stale=stale, **k: stale)
+        with pytest.raises(ServiceError, match="did not match the request") as caught:
+            ask()
+        assert caught.value.retryable
+        assert len(service.RESULTS) == 0
+        service.forget_failure(caught.value.retry_key)
