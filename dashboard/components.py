@@ -1120,10 +1120,8 @@ A model file is code-like input: a crafted file can try to run code when it is l
 
 
 def security_note() -> None:
-    import keras
-
     with st.expander("Security notes on uploaded models", icon=":material/shield:"):
-        st.markdown(SECURITY_NOTE.format(keras=keras.__version__))
+        st.markdown(SECURITY_NOTE.format(keras=service.package_version("keras")))
 
 
 def _layer_rows(layers: Sequence[Any], base_depth: int = 0) -> list[dict[str, Any]]:

@@ -30,6 +30,7 @@ from .protocol import (
     EvaluationOutcome,
     ExplanationResult,
     MapEvaluation,
+    MethodSummary,
     ModelRef,
     ModelSummary,
     Prediction,
@@ -282,6 +283,11 @@ def loaded_models() -> tuple[tuple[str, str, str | None], ...]:
     return tuple(_BUNDLES)
 
 
+def catalogue() -> tuple[MethodSummary, ...]:
+    """Every registered method, not tied to a model (the Guide page without a model)."""
+    return tuple(summarise_method(info) for info in explainers.available_methods())
+
+
 def ping() -> str:
     return "pong"
 
@@ -351,6 +357,7 @@ JOBS: dict[str, Callable[..., Any]] = {
     "attack": attack,
     "evaluate": evaluate,
     "sanity": sanity,
+    "catalogue": catalogue,
     "ping": ping,
     "clear": clear,
 }

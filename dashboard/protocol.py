@@ -22,7 +22,7 @@ from typing import Any, Literal
 
 import numpy as np
 
-from explainers.graph import LayerInfo
+from explainers.layers import LayerInfo
 from explainers.registry import ParamSpec
 
 
@@ -360,8 +360,8 @@ ALLOWED_GLOBALS: frozenset[tuple[str, str]] = frozenset(
         ("builtins", "set"),
         ("builtins", "frozenset"),
         # our plain data
-        ("explainers.graph", "LayerInfo"),
-        ("explainers.registry", "ParamSpec"),
+        (LayerInfo.__module__, "LayerInfo"),
+        (ParamSpec.__module__, "ParamSpec"),
         *((__name__, name) for name in ("ModelRef", "MethodSummary", "ModelSummary")),
         *((__name__, name) for name in ("Prediction", "ExplanationResult", "WorkerReply")),
         *((__name__, name) for name in ("AttackOutcome", "EvaluationOutcome", "SanityOutcome")),

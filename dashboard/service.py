@@ -48,7 +48,13 @@ import streamlit as st
 
 import explainers
 from explainers import ExplainerError
-from explainers.models import KERAS_APPLICATIONS, PREPROCESSING_CHOICES, PREPROCESSING_HELP
+from explainers.model_files import (
+    KERAS_APPLICATIONS,
+    PREPROCESSING_CHOICES,
+    PREPROCESSING_HELP,
+    file_sha256,
+)
+from explainers.registry import resolve_params
 
 from . import worker
 from .protocol import (
@@ -64,7 +70,6 @@ from .protocol import (
     SanityOutcome,
     ServiceError,
     pixels_digest,
-    summarise_method,
 )
 
 __all__ = [
@@ -379,7 +384,7 @@ def file_model_ref(
     """A reference to a model file on this machine (hashing it when ``sha256`` is not given)."""
     if sha256 is None:
         with user_errors(f"read {path.name}"):
-            sha256 = explainers.models.file_sha256(path)
+            sha256 = file_sha256(path)
     return ModelRef(
         kind="file",
         location=str(path),
@@ -446,13 +451,19 @@ _RESULT_TYPES: dict[str, type | tuple[type, ...]] = {
     "attack": AttackOutcome,
     "evaluate": EvaluationOutcome,
     "sanity": SanityOutcome,
+    "catalogue": tuple,
 }
 
 
 def method_catalogue() -> tuple[MethodSummary, ...]:
-    """Every registered method, not tied to a model (for the Guide without a model)."""
-    with user_errors("list the explanation methods"):
-        return tuple(summarise_method(info) for info in explainers.available_methods())
+    """Every registered method, not tied to a model (for the Guide without a model). Asked of a
+    worker: loading the methods imports TensorFlow, which this process never does."""
+    key = ("catalogue",)
+    cached = RESULTS.get(key)
+    if cached is None:
+        cached = _call("catalogue", {}, action="list the explanation methods")
+        RESULTS.put(key, cached, 0)
+    return cached
 
 
 def load_model(ref: ModelRef) -> ModelSummary:
@@ -579,16 +590,17 @@ def explanation_request(
     engine: str = "native",
 ) -> ExplanationRequest:
     """Validate ``params`` (raises ServiceError) and build the cache key of one explanation."""
+    # The model's own method summaries carry the parameter specs: no method code is loaded here.
+    summary = model.method(method)
     with user_errors(f"prepare {method}"):
-        spec = explainers.get_method(method)
-        resolved = spec.resolve_params(params)
+        resolved = resolve_params(method, summary.params, params)
     return ExplanationRequest(
         model=model.ref,
         image_sha256=image.sha256,
         method=method,
         params=tuple(sorted(resolved.items())),
         target=target,
-        layer=layer if spec.uses_layer else None,
+        layer=layer if summary.uses_layer else None,
         engine=engine,
     )
 
@@ -940,15 +952,23 @@ def streamlit_progress(container: Any, label: str) -> tuple[ProgressCallback, Ca
     return progress, container.empty
 
 
-def versions() -> dict[str, str]:
-    """Versions worth recording in a report."""
-    import keras
-    import tensorflow as tf
+def package_version(name: str) -> str:
+    """An installed distribution's version, read from its metadata (imports nothing)."""
+    from importlib.metadata import PackageNotFoundError, version
 
+    try:
+        return version(name)
+    except PackageNotFoundError:
+        return "not installed"
+
+
+def versions() -> dict[str, str]:
+    """Versions worth recording in a report (TensorFlow and Keras from their metadata: this
+    process does not import them)."""
     return {
         "explainers": explainers.__version__,
-        "TensorFlow": tf.__version__,
-        "Keras": keras.__version__,
+        "TensorFlow": package_version("tensorflow"),
+        "Keras": package_version("keras"),
         "Streamlit": st.__version__,
         "NumPy": np.__version__,
         "Python": platform.python_version(),

@@ -563,7 +563,15 @@ class _Progress:
 
 
 def _serve(connection: Connection) -> int:
-    import explainers  # noqa: F401  (TensorFlow's import cost is paid before "ready")
+    import explainers
+
+    # `import explainers` is lazy: load the model code and every method (TensorFlow, Keras,
+    # tf-explain...) now, so that their import cost is paid before "ready" (under the start-up
+    # limit), not by the first request under its time limit.
+    import explainers.explanation
+    import explainers.models
+
+    explainers.available_methods()
 
     from . import jobs
 

@@ -25,32 +25,118 @@ import os
 # Quieten TensorFlow's start-up banner before anything imports it.
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-from . import render
-from .attacks import AttackResult, attack
-from .errors import (
-    ExplainerError,
-    ImageError,
-    MethodNotApplicableError,
-    ModelLoadError,
-    ParameterError,
-    UnsafeModelError,
-    UnsupportedModelError,
+from importlib import import_module
+from typing import TYPE_CHECKING, Any
+
+#: Where each public name lives. Importing ``explainers`` imports none of them: a name is
+#: imported when first used (PEP 562), so ``explainers.render``, ``explainers.load_image`` or
+#: ``explainers.registry.ParamSpec`` cost no TensorFlow import — the dashboard's UI process
+#: needs only those; models run in worker processes, which import the rest.
+_EXPORTS: dict[str, str] = {
+    "AttackResult": "attacks",
+    "attack": "attacks",
+    "ExplainerError": "errors",
+    "ImageError": "errors",
+    "MethodNotApplicableError": "errors",
+    "ModelLoadError": "errors",
+    "ParameterError": "errors",
+    "UnsafeModelError": "errors",
+    "UnsupportedModelError": "errors",
+    "Explanation": "explanation",
+    "explain": "explanation",
+    "load_image": "images",
+    "AggregateScores": "metrics",
+    "Curve": "metrics",
+    "MapScores": "metrics",
+    "aggregate": "metrics",
+    "deletion_curve": "metrics",
+    "evaluate_maps": "metrics",
+    "insertion_curve": "metrics",
+    "random_map": "metrics",
+    "ModelBundle": "models",
+    "bundle_from_model": "models",
+    "load_application": "models",
+    "load_model": "models",
+    "MethodInfo": "registry",
+    "MethodSpec": "registry",
+    "ParamSpec": "registry",
+    "available_methods": "registry",
+    "get_method": "registry",
+    "SanityResult": "sanity",
+    "model_randomisation_test": "sanity",
+}
+#: Submodules reachable as attributes (``explainers.render``, ``explainers.models`` ...).
+_SUBMODULES = frozenset(
+    {
+        "attacks",
+        "cam",
+        "cli",
+        "compute",
+        "demo_data",
+        "errors",
+        "explanation",
+        "gradients",
+        "graph",
+        "images",
+        "layers",
+        "maps",
+        "metrics",
+        "model_files",
+        "models",
+        "occlusion",
+        "registry",
+        "render",
+        "rise",
+        "safety",
+        "sanity",
+        "superpixels",
+        "tf_explain_engine",
+    }
 )
-from .explain import Explanation, explain
-from .images import load_image
-from .metrics import (
-    AggregateScores,
-    Curve,
-    MapScores,
-    aggregate,
-    deletion_curve,
-    evaluate_maps,
-    insertion_curve,
-    random_map,
-)
-from .models import ModelBundle, bundle_from_model, load_application, load_model
-from .registry import MethodInfo, MethodSpec, ParamSpec, available_methods, get_method
-from .sanity import SanityResult, model_randomisation_test
+
+
+def __getattr__(name: str) -> Any:
+    if name in _EXPORTS:
+        value = getattr(import_module(f".{_EXPORTS[name]}", __name__), name)
+    elif name in _SUBMODULES:
+        value = import_module(f".{name}", __name__)
+    else:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    globals()[name] = value  # later look-ups skip this function
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *_EXPORTS, *_SUBMODULES})
+
+
+if TYPE_CHECKING:  # what static tools (and readers) see
+    from . import render
+    from .attacks import AttackResult, attack
+    from .errors import (
+        ExplainerError,
+        ImageError,
+        MethodNotApplicableError,
+        ModelLoadError,
+        ParameterError,
+        UnsafeModelError,
+        UnsupportedModelError,
+    )
+    from .explanation import Explanation, explain
+    from .images import load_image
+    from .metrics import (
+        AggregateScores,
+        Curve,
+        MapScores,
+        aggregate,
+        deletion_curve,
+        evaluate_maps,
+        insertion_curve,
+        random_map,
+    )
+    from .models import ModelBundle, bundle_from_model, load_application, load_model
+    from .registry import MethodInfo, MethodSpec, ParamSpec, available_methods, get_method
+    from .sanity import SanityResult, model_randomisation_test
 
 __version__ = "0.1.0"
 

@@ -282,7 +282,7 @@ def attack(
     ParameterError
         For an unknown method, a budget outside its range, or an unknown target class.
     """
-    from .explain import resolve_target
+    from .explanation import resolve_target
 
     if method not in ATTACK_METHODS:
         raise ParameterError(

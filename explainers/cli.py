@@ -77,7 +77,7 @@ def _parse_params(items: list[str]) -> dict[str, Any]:
 
 
 def _explain(args: argparse.Namespace) -> int:
-    from .explain import explain
+    from .explanation import explain
     from .images import load_image
     from .models import load_model
     from .registry import get_method

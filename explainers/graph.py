@@ -16,12 +16,13 @@ concurrent explanations.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from typing import Any
 
 import keras
 import numpy as np
 from keras.src.models.functional import Functional
+
+from .layers import INPUT_NAME, LayerInfo
 
 #: ``hook(path, layer, output) -> output``: called after every layer; return the output to use.
 Hook = Callable[[str, keras.Layer, Any], Any]
@@ -100,36 +101,6 @@ def _call_operation(
         return hook(path, operation, operation(*args, **kwargs))
 
     return call_layer
-
-
-@dataclass(frozen=True)
-class LayerInfo:
-    """One layer of the flattened model graph, as found by :func:`describe_layers`.
-
-    ``path`` is unique (nested layers are ``"submodel/layer"``); ``inputs`` names the layers whose
-    outputs this layer consumes (``"<input>"`` for the model input); ``output_shape`` excludes the
-    batch dimension and was measured on a probe input of the model's size.
-    """
-
-    path: str
-    name: str
-    class_name: str
-    output_shape: tuple[int, ...]
-    inputs: tuple[str, ...]
-    n_params: int
-    depth: int
-    is_model: bool
-    #: For a nested model: the path of its inner layer whose output is the model's output.
-    same_as: str | None = None
-
-    @property
-    def is_spatial(self) -> bool:
-        """A 4-D (H, W, C) output with more than one position: a layer CAM methods can use."""
-        shape = self.output_shape
-        return len(shape) == 3 and shape[0] * shape[1] > 1
-
-
-INPUT_NAME = "<input>"
 
 
 def describe_layers(model: keras.Model, probe: np.ndarray) -> tuple[list[LayerInfo], list[str]]:

@@ -243,7 +243,7 @@ def perturbation_curve(
     -------
     Curve
     """
-    from .explain import resolve_target
+    from .explanation import resolve_target
 
     if kind not in ("deletion", "insertion"):
         raise ParameterError(f"kind must be 'deletion' or 'insertion', got {kind!r}")

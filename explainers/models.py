@@ -2,42 +2,38 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import threading
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal, get_args
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 from PIL import Image
 
 from .errors import ExplainerError, ModelLoadError, ParameterError, UnsupportedModelError
 from .graph import INPUT_NAME, LayerInfo, describe_layers, is_graph_model
+from .model_files import (
+    KERAS_APPLICATIONS,
+    MODEL_SUFFIXES,
+    PREPROCESSING_CHOICES,
+    Preprocessing,
+    PreprocessingChoice,
+    file_sha256,
+)
 
 if TYPE_CHECKING:
     import keras
 
     from .compute import ModelRunner
 
-Preprocessing = Literal["0_1", "-1_1", "caffe", "torch", "none"]
-PreprocessingChoice = Literal["auto", "0_1", "-1_1", "caffe", "torch", "none"]
 #: What the explained output emits: ``softmax``/``sigmoid`` probabilities whose pre-activation
 #: scores we can recover exactly, raw ``logits``, or ``probabilities`` we cannot undo (we then
 #: explain their logarithm).
 OutputKind = Literal["softmax", "sigmoid", "logits", "probabilities"]
 
-PREPROCESSING_CHOICES: tuple[str, ...] = get_args(PreprocessingChoice)
-PREPROCESSING_HELP: dict[str, str] = {
-    "auto": "recognise keras.applications families, else 0–1",
-    "0_1": "pixels / 255 → [0, 1]",
-    "-1_1": "pixels / 127.5 − 1 → [−1, 1] (MobileNet, Inception, Xception)",
-    "caffe": "RGB→BGR, minus ImageNet mean, no scaling (VGG, ResNet50)",
-    "torch": "[0, 1], minus ImageNet mean, divided by std (DenseNet)",
-    "none": "raw 0–255 floats (model rescales itself)",
-}
 _CAFFE_MEAN_BGR = np.array([103.939, 116.779, 123.68], np.float32)
 _TORCH_MEAN = np.array([0.485, 0.456, 0.406], np.float32)
 _TORCH_STD = np.array([0.229, 0.224, 0.225], np.float32)
@@ -286,17 +282,6 @@ def default_class_names(n_classes: int) -> list[str]:
 # ------------------------------------------------------------------------------------------------
 # Loading
 # ------------------------------------------------------------------------------------------------
-MODEL_SUFFIXES = (".keras", ".h5", ".hdf5")
-
-
-def file_sha256(path: str | os.PathLike) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def load_model(
     path: str | os.PathLike,
     *,
@@ -366,17 +351,6 @@ def load_model(
         source=path.name,
         sha256=file_sha256(path),
     )
-
-
-KERAS_APPLICATIONS: dict[str, str] = {
-    "MobileNetV2": "mobilenet_v2",
-    "ResNet50": "resnet",
-    "VGG16": "vgg16",
-    "DenseNet121": "densenet",
-    "EfficientNetB0": "efficientnet",
-    "InceptionV3": "inception_v3",
-    "Xception": "xception",
-}
 
 
 def load_application(name: str, *, weights: str | None = "imagenet") -> ModelBundle:

@@ -8,7 +8,7 @@ one module that calls :func:`register`.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -123,6 +123,24 @@ def _always(bundle: ModelBundle, layer: str | None) -> str | None:
     return None
 
 
+def resolve_params(
+    method: str, specs: Sequence[ParamSpec], given: Mapping[str, Any]
+) -> dict[str, Any]:
+    """The parameters ``specs`` describe, defaults overlaid with validated ``given`` values;
+    unknown names are an error. Needs only the specs (plain data), so the dashboard's UI process
+    can validate a request without loading the methods (or TensorFlow)."""
+    by_name = {spec.name: spec for spec in specs}
+    resolved = {spec.name: spec.default for spec in specs}
+    for name, value in given.items():
+        if name not in by_name:
+            raise ParameterError(
+                f"{method} has no parameter {name!r}; its parameters are "
+                f"{', '.join(by_name) or 'none'}"
+            )
+        resolved[name] = by_name[name].coerce(value)
+    return resolved
+
+
 @dataclass(frozen=True)
 class MethodSpec:
     """Everything known about one explanation method."""
@@ -154,10 +172,7 @@ class MethodSpec:
 
     def resolve_params(self, given: Mapping[str, Any]) -> dict[str, Any]:
         """Defaults overlaid with validated ``given`` values; unknown names are an error."""
-        resolved = {spec.name: spec.default for spec in self.params}
-        for name, value in given.items():
-            resolved[name] = self.param(name).coerce(value)
-        return resolved
+        return resolve_params(self.name, self.params, given)
 
     def unavailable_reason(self, bundle: ModelBundle, layer: str | None = None) -> str | None:
         """Why this method cannot explain ``bundle`` (at ``layer``), or None when it can."""

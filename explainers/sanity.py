@@ -97,7 +97,7 @@ if TYPE_CHECKING:
     import keras
 
     from .compute import ProgressCallback
-    from .explain import Explanation
+    from .explanation import Explanation
     from .models import ModelBundle
 
 RandomisationMode = Literal["cascading", "independent"]
@@ -506,7 +506,7 @@ def model_randomisation_test(
         For bad arguments; :class:`~explainers.MethodNotApplicableError` if a method cannot
         explain this model.
     """
-    from .explain import explain
+    from .explanation import explain
 
     method_list = (methods,) if isinstance(methods, str) else tuple(methods)
     if not method_list:
