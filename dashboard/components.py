@@ -830,7 +830,7 @@ def raw_map_figure(result: ExplanationResult, settings: DisplaySettings, height:
         colormap=settings.colormap,
         clip_percentile=settings.clip_percentile,
         height=height,
-        units=map_units(result),
+        units=report.map_units(result),
         scale=settings.scale,
     )
     # Room for the axis labels (pixel coordinates of the image) and the units above.
@@ -926,41 +926,16 @@ def result_facts(result: ExplanationResult, method: MethodSummary) -> None:
         facts.append(f"**Layer:** `{result.layer}`")
     params = ", ".join(f"{k} = {v}" for k, v in sorted(result.params.items()))
     facts.append(f"**Parameters:** {params or 'none'}")
-    magnitude = magnitude_text(result)
+    magnitude = report.magnitude_text(result)
     if magnitude:
         facts.append(f"**Raw values:** {magnitude}")
     for name, value in sorted(result.extras.items()):
-        if name in _EXTRAS_SHOWN_APART:
+        if name in report.EXTRAS_SHOWN_APART:
             continue
         shown = f"{value:.4g}" if isinstance(value, float) else str(value)
         facts.append(f"**{name.replace('_', ' ')}:** {shown}")
     st.markdown("  \n".join(facts))
     st.caption(f"{method.description} See the Guide page for the formula and caveats.")
-
-
-#: Result extras shown in their own place (warnings as boxes, the magnitude as one line).
-_EXTRAS_SHOWN_APART = frozenset({"warnings", "magnitude"})
-
-
-def magnitude_text(result: ExplanationResult) -> str | None:
-    """The map's range and sum in its own units, and the score it explains, as one line."""
-    magnitude = result.extras.get("magnitude")
-    if not isinstance(magnitude, dict) or "max_abs" not in magnitude:
-        return None
-    units = magnitude.get("units") or "attribution units"
-    text = (
-        f"min {magnitude['min']:.3g}, max {magnitude['max']:.3g}, sum {magnitude['sum']:.3g} "
-        f"({units})"
-    )
-    if magnitude.get("score_text"):
-        text += f"; explained score: {magnitude['score_text']}"
-    return text
-
-
-def map_units(result: ExplanationResult) -> str:
-    magnitude = result.extras.get("magnitude")
-    units = magnitude.get("units") if isinstance(magnitude, dict) else None
-    return str(units or "attribution")
 
 
 def map_warnings(
@@ -984,15 +959,11 @@ def heatmap_card(
     pics = pictures(result, image, settings)
     show_image(pics.overlay)
     layer = f" · {result.layer}" if result.layer else ""
-    magnitude = result.extras.get("magnitude")
-    peak = (
-        f"  \nmax |value| {magnitude['max_abs']:.3g}"
-        if isinstance(magnitude, dict) and "max_abs" in magnitude
-        else ""
-    )
+    magnitude = report.magnitude(result)
+    peak = f"  \nmax |value| {magnitude['max_abs']:.3g}" if magnitude else ""
     st.caption(
         f"{result.target_label} (p = {result.score:.3f})  \n{result.seconds:.2f} s{layer}{peak}",
-        help=magnitude_text(result),
+        help=report.magnitude_text(result),
     )
     map_warnings(result)
     card_downloads(page, image, result, settings, compact=True)
@@ -1901,10 +1872,6 @@ def curve_figures(
             )
 
 
-def _beats_random(deletion: float, insertion: float, random: Any) -> str:
-    return report.beats_random(deletion, insertion, random.deletion.auc, random.insertion.auc)
-
-
 #: Session-state slots of the Evaluate page's last outcomes, for the reports.
 _LAST_OUTCOME = {"evaluation": "_last_evaluation", "sanity": "_last_sanity"}
 
@@ -1991,27 +1958,21 @@ def evaluation_downloads(
 
 def ranking_table(outcome: service.EvaluationOutcome, labels: dict[str, str]) -> None:
     """One row per map, best first (insertion AUC − deletion AUC), the random row included."""
-    random = next(r for r in outcome.rows if r.name == charts.RANDOM_ROW)
     with_mask = any(r.pointing is not None for r in outcome.rows)
-    rows = []
-    for row in outcome.rows:
-        deletion, insertion = row.deletion.auc, row.insertion.auc
-        entry: dict[str, Any] = {
-            "Method": charts.RANDOM_LABEL
-            if row.name == charts.RANDOM_ROW
-            else labels.get(row.name, row.name),
-            "Deletion AUC ↓": deletion,
-            "Insertion AUC ↑": insertion,
-        }
-        if with_mask:
-            entry["Pointing game"] = "hit" if row.pointing else "miss"
-            entry["Energy in mask"] = row.energy
-        entry["Beats random"] = (
-            "—" if row.name == charts.RANDOM_ROW else _beats_random(deletion, insertion, random)
-        )
-        entry["_score"] = insertion - deletion
-        rows.append(entry)
-    frame = pd.DataFrame(rows).sort_values("_score", ascending=False).drop(columns="_score")
+    columns = {
+        "label": "Method",
+        "deletion_auc": "Deletion AUC ↓",
+        "insertion_auc": "Insertion AUC ↑",
+        **(
+            {"pointing_game": "Pointing game", "energy_in_mask": "Energy in mask"}
+            if with_mask
+            else {}
+        ),
+        "beats_random": "Beats random",
+    }
+    frame = pd.DataFrame(report.evaluation_rows(outcome, labels))[list(columns)].rename(
+        columns=columns
+    )
     config: dict[str, Any] = {
         "Deletion AUC ↓": st.column_config.NumberColumn(format="%.3f"),
         "Insertion AUC ↑": st.column_config.NumberColumn(format="%.3f"),

@@ -59,6 +59,33 @@ def file_stem(*parts: str) -> str:
     return "".join(c if c.isalnum() or c in "-_." else "_" for c in text)[:120] or "export"
 
 
+#: Result extras shown in their own place (warnings as boxes, the magnitude as one line).
+EXTRAS_SHOWN_APART = frozenset({"warnings", "magnitude"})
+
+
+def magnitude(result: ExplanationResult) -> dict[str, Any] | None:
+    """The library's ``extras["magnitude"]`` (raw range, sum, units, explained score), if any."""
+    value = result.extras.get("magnitude")
+    return value if isinstance(value, dict) and "max_abs" in value else None
+
+
+def magnitude_text(result: ExplanationResult) -> str | None:
+    """The map's range and sum in its own units, and the score it explains, as one line."""
+    found = magnitude(result)
+    if found is None:
+        return None
+    units = found.get("units") or "attribution units"
+    text = f"min {found['min']:.3g}, max {found['max']:.3g}, sum {found['sum']:.3g} ({units})"
+    if found.get("score_text"):
+        text += f"; explained score: {found['score_text']}"
+    return text
+
+
+def map_units(result: ExplanationResult) -> str:
+    found = magnitude(result)
+    return str((found or {}).get("units") or "attribution")
+
+
 def result_caption(result: ExplanationResult) -> str:
     where = f" · layer {result.layer}" if result.layer else ""
     return f"{result.target_label} (p={result.score:.3f}){where} · {result.seconds:.2f} s"
@@ -388,22 +415,20 @@ def html_report(
                 ("Engine", result.engine),
                 ("Time", f"{result.seconds:.2f} s"),
             ]
-            magnitude = result.extras.get("magnitude")
-            if isinstance(magnitude, dict) and "max_abs" in magnitude:
-                units = magnitude.get("units") or "attribution units"
+            found = magnitude(result)
+            if found is not None:
+                units = found.get("units") or "attribution units"
                 facts += [
-                    ("Explained score", magnitude.get("score_text") or f"{result.score:.6g}"),
+                    ("Explained score", found.get("score_text") or f"{result.score:.6g}"),
                     (
                         "Raw map",
-                        f"min {magnitude['min']:.4g} · max {magnitude['max']:.4g} · "
-                        f"sum {magnitude['sum']:.4g} · max |value| {magnitude['max_abs']:.4g} "
+                        f"min {found['min']:.4g} · max {found['max']:.4g} · "
+                        f"sum {found['sum']:.4g} · max |value| {found['max_abs']:.4g} "
                         f"({units})",
                     ),
                 ]
             params = sorted(result.params.items())
-            extras = sorted(
-                (k, v) for k, v in result.extras.items() if k not in ("warnings", "magnitude")
-            )
+            extras = sorted((k, v) for k, v in result.extras.items() if k not in EXTRAS_SHOWN_APART)
             warnings = "".join(
                 f"<p class='problem'>⚠ {esc(str(w))}</p>"
                 for w in result.extras.get("warnings") or ()

@@ -30,6 +30,7 @@ server (by the worker, for model calls) and reported to the user in one line.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import logging
 import os
@@ -680,13 +681,14 @@ def explain(
     return outcome
 
 
-def _refuse_unless(matches: bool, action: str) -> None:
+def _refuse_unless(matches: bool, action: str, detail: str = "") -> None:
     """Refuse (and so never cache) a worker's answer that is not the one asked for."""
     if not matches:
-        LOGGER.error("refused a reply that does not match its request: %s", action)
+        LOGGER.error("refused a reply that does not match its request: %s %s", action, detail)
+        what = f" ({detail})" if detail else ""
         raise ServiceError(
-            f"Could not {action}: the compute worker's answer did not match the request, so it "
-            "was discarded. Press Retry.",
+            f"Could not {action}: the compute worker's answer did not match the request{what}, "
+            "so it was discarded. Press Retry.",
             retryable=True,
         )
 
@@ -716,13 +718,7 @@ def _check_explanation(request: ExplanationRequest, image: LoadedImage, outcome:
             problems.append(
                 f"map shape {outcome.attribution.shape} ≠ image {image.pixels.shape[:2]}"
             )
-    if problems:
-        LOGGER.error("refused a result for %s: %s", request.method, "; ".join(problems))
-        raise ServiceError(
-            f"Could not compute {request.method}: the compute worker's answer did not match the "
-            f"request ({'; '.join(problems)}), so it was discarded. Press Retry.",
-            retryable=True,
-        )
+    _refuse_unless(not problems, f"compute {request.method}", "; ".join(problems))
 
 
 def feature_maps(model: ModelSummary, image: LoadedImage, layer: str) -> np.ndarray:
@@ -952,8 +948,10 @@ def streamlit_progress(container: Any, label: str) -> tuple[ProgressCallback, Ca
     return progress, container.empty
 
 
+@functools.cache
 def package_version(name: str) -> str:
-    """An installed distribution's version, read from its metadata (imports nothing)."""
+    """An installed distribution's version, read from its metadata once (imports nothing;
+    the report buttons ask on every rerun)."""
     from importlib.metadata import PackageNotFoundError, version
 
     try:

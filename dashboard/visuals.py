@@ -203,6 +203,7 @@ def channel_order(activations: np.ndarray, order: str) -> list[int]:
     return list(range(activations.shape[-1]))
 
 
+@lru_cache(maxsize=1)
 def _dejavu_path() -> str | None:
     """DejaVu Sans (covers "×", "≈", "ε", "—"): matplotlib's copy (installed with LIME), else
     the system's (Debian: fonts-dejavu-core). Pillow's built-in font lacks those glyphs."""

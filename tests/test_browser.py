@@ -21,7 +21,9 @@ import sys
 import time
 import urllib.request
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -159,6 +161,28 @@ def _serve(assets: Path | None, log_name: str) -> Iterator[str]:
         log.close()
 
 
+@contextmanager
+def _chromium_browser() -> Iterator[Any]:
+    """Debian's Chromium driven by Playwright, with the page and assertion time-outs set."""
+    from playwright.sync_api import expect, sync_playwright
+
+    expect.set_options(timeout=COMPUTE_S * 1000)
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=_chromium(), args=CHROMIUM_ARGS)
+        try:
+            yield browser
+        finally:
+            browser.close()
+
+
+def _open_page(browser: Any, url: str) -> Any:
+    """A new session (its own browser context) on ``url``."""
+    page = browser.new_context(viewport={"width": 1440, "height": 1000}).new_page()
+    page.set_default_timeout(COMPUTE_S * 1000)
+    page.goto(url)
+    return page
+
+
 def _wait_idle(page, timeout_s: float = COMPUTE_S) -> None:
     """Wait until the script run finished (no 'Running…' status widget)."""
     page.wait_for_timeout(400)
@@ -181,9 +205,7 @@ def _card_images(page):
 
 
 def test_upload_compare_adjust_and_download_report(server, tmp_path):
-    from playwright.sync_api import expect, sync_playwright
-
-    expect.set_options(timeout=COMPUTE_S * 1000)
+    from playwright.sync_api import expect
 
     model_path = tmp_path / "uploaded_flatten.keras"
     tiny_flatten_model().save(model_path)
@@ -193,103 +215,94 @@ def test_upload_compare_adjust_and_download_report(server, tmp_path):
     model_sha = hashlib.sha256(model_path.read_bytes()).hexdigest()
     image_sha = hashlib.sha256(image_path.read_bytes()).hexdigest()
 
-    with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=_chromium(), args=CHROMIUM_ARGS)
-        try:
-            context = browser.new_context(viewport={"width": 1440, "height": 1000})
-            page = context.new_page()
-            page.set_default_timeout(COMPUTE_S * 1000)
-            page.goto(server)
-            sidebar = page.locator('[data-testid="stSidebar"]')
-            main = page.locator('[data-testid="stMain"]')
+    with _chromium_browser() as browser:
+        page = _open_page(browser, server)
+        sidebar = page.locator('[data-testid="stSidebar"]')
+        main = page.locator('[data-testid="stMain"]')
 
-            # The default state works with nothing done: demo model, first sample, Grad-CAM.
-            expect(main.get_by_text("Grad-CAM overlay")).to_be_visible()
-            _wait_idle(page)
-            _assert_no_exception(page)
-            page.screenshot(path=str(ARTIFACTS / "browser-01-explain-default.png"))
+        # The default state works with nothing done: demo model, first sample, Grad-CAM.
+        expect(main.get_by_text("Grad-CAM overlay")).to_be_visible()
+        _wait_idle(page)
+        _assert_no_exception(page)
+        page.screenshot(path=str(ARTIFACTS / "browser-01-explain-default.png"))
 
-            # Upload a model file through the model uploader.
-            sidebar.get_by_text("Upload a file", exact=True).click()
-            uploader = sidebar.locator('[data-testid="stFileUploader"]').filter(
-                has_text="Keras model file"
-            )
-            uploader.locator('input[type="file"]').set_input_files(str(model_path))
-            expect(sidebar.get_by_text("Loaded uploaded_flatten.keras")).to_be_visible()
-            _wait_idle(page)
+        # Upload a model file through the model uploader.
+        sidebar.get_by_text("Upload a file", exact=True).click()
+        uploader = sidebar.locator('[data-testid="stFileUploader"]').filter(
+            has_text="Keras model file"
+        )
+        uploader.locator('input[type="file"]').set_input_files(str(model_path))
+        expect(sidebar.get_by_text("Loaded uploaded_flatten.keras")).to_be_visible()
+        _wait_idle(page)
 
-            # Upload an image through the image uploader.
-            sidebar.get_by_role("radio", name="Upload", exact=True).click()
-            uploader = sidebar.locator('[data-testid="stFileUploader"]').filter(
-                has_text="Image file"
-            )
-            uploader.locator('input[type="file"]').set_input_files(str(image_path))
-            expect(sidebar.get_by_text("upload.png · 48×48")).to_be_visible()
-            _wait_idle(page)
-            _assert_no_exception(page)
-            # The class picker shows this model's top class for this image, as the header does
-            # (it showed the previous model's label for one render).
-            header = re.search(
-                r"predicted (.+?) \(([\d.]+%)\)", main.get_by_text("predicted").first.inner_text()
-            )
-            assert header is not None
-            picker = main.locator("[class*='st-key-explain_target_'] [role='combobox']")
-            expect(picker).to_have_value(f"Top prediction — {header[1]} ({header[2]})")
-            page.screenshot(path=str(ARTIFACTS / "browser-02-uploaded.png"))
+        # Upload an image through the image uploader.
+        sidebar.get_by_role("radio", name="Upload", exact=True).click()
+        uploader = sidebar.locator('[data-testid="stFileUploader"]').filter(has_text="Image file")
+        uploader.locator('input[type="file"]').set_input_files(str(image_path))
+        expect(sidebar.get_by_text("upload.png · 48×48")).to_be_visible()
+        _wait_idle(page)
+        _assert_no_exception(page)
+        # The class picker shows this model's top class for this image, as the header does
+        # (it showed the previous model's label for one render).
+        header = re.search(
+            r"predicted (.+?) \(([\d.]+%)\)", main.get_by_text("predicted").first.inner_text()
+        )
+        assert header is not None
+        picker = main.locator("[class*='st-key-explain_target_'] [role='combobox']")
+        expect(picker).to_have_value(f"Top prediction — {header[1]} ({header[2]})")
+        page.screenshot(path=str(ARTIFACTS / "browser-02-uploaded.png"))
 
-            # Compare: CAM does not apply to this model (no GAP head) and says why.
-            sidebar.get_by_role("link", name="Compare").click()
-            expect(main.get_by_text("Not available for this model")).to_be_visible()
-            _wait_idle(page)
+        # Compare: CAM does not apply to this model (no GAP head) and says why.
+        sidebar.get_by_role("link", name="Compare").click()
+        expect(main.get_by_text("Not available for this model")).to_be_visible()
+        _wait_idle(page)
 
-            # Pick four methods: empty the selection, then choose each by its label.
-            field = main.locator('[data-testid="stMultiSelect"] input')
+        # Pick four methods: empty the selection, then choose each by its label.
+        field = main.locator('[data-testid="stMultiSelect"] input')
+        field.click()
+        for _ in range(6):
+            field.press("Backspace")
+        _wait_idle(page)
+        for label in PICKED.values():
             field.click()
-            for _ in range(6):
-                field.press("Backspace")
+            field.fill(label)
+            page.get_by_role("option", name=label, exact=True).click()
             _wait_idle(page)
-            for label in PICKED.values():
-                field.click()
-                field.fill(label)
-                page.get_by_role("option", name=label, exact=True).click()
-                _wait_idle(page)
-            page.keyboard.press("Escape")
+        page.keyboard.press("Escape")
 
-            expect(_card_images(page)).to_have_count(4, timeout=COMPUTE_S * 1000)
-            _wait_idle(page)
-            _assert_no_exception(page)
-            assert main.locator('[data-testid="stProgress"]').count() == 0
-            page.screenshot(path=str(ARTIFACTS / "browser-03-compare.png"), full_page=True)
+        expect(_card_images(page)).to_have_count(4, timeout=COMPUTE_S * 1000)
+        _wait_idle(page)
+        _assert_no_exception(page)
+        assert main.locator('[data-testid="stProgress"]').count() == 0
+        page.screenshot(path=str(ARTIFACTS / "browser-03-compare.png"), full_page=True)
 
-            # Display control: the overlays re-render (new pictures) from the cached maps.
-            before = _card_images(page).first.get_attribute("src")
-            opacity = main.locator('[data-testid="stSlider"]').filter(has_text="Overlay opacity")
-            opacity.get_by_role("slider").focus()
-            for _ in range(6):
-                page.keyboard.press("ArrowRight")
-            page.wait_for_timeout(1500)  # the slider sends its value after a short debounce
-            _wait_idle(page)
-            expect(opacity).to_contain_text("0.80")
-            expect(_card_images(page)).to_have_count(4)
-            expect(_card_images(page).first).not_to_have_attribute("src", before)
-            assert main.locator('[data-testid="stProgress"]').count() == 0
-            page.screenshot(path=str(ARTIFACTS / "browser-04-compare-opacity.png"))
+        # Display control: the overlays re-render (new pictures) from the cached maps.
+        before = _card_images(page).first.get_attribute("src")
+        opacity = main.locator('[data-testid="stSlider"]').filter(has_text="Overlay opacity")
+        opacity.get_by_role("slider").focus()
+        for _ in range(6):
+            page.keyboard.press("ArrowRight")
+        page.wait_for_timeout(1500)  # the slider sends its value after a short debounce
+        _wait_idle(page)
+        expect(opacity).to_contain_text("0.80")
+        expect(_card_images(page)).to_have_count(4)
+        expect(_card_images(page).first).not_to_have_attribute("src", before)
+        assert main.locator('[data-testid="stProgress"]').count() == 0
+        page.screenshot(path=str(ARTIFACTS / "browser-04-compare-opacity.png"))
 
-            # The HTML review report.
-            with page.expect_download(timeout=COMPUTE_S * 1000) as download_info:
-                main.get_by_role("button", name="HTML review report").click()
-            download = download_info.value
-            report_path = ARTIFACTS / "browser-report.html"
-            download.save_as(str(report_path))
-            html = report_path.read_text(encoding="utf-8")
+        # The HTML review report.
+        with page.expect_download(timeout=COMPUTE_S * 1000) as download_info:
+            main.get_by_role("button", name="HTML review report").click()
+        download = download_info.value
+        report_path = ARTIFACTS / "browser-report.html"
+        download.save_as(str(report_path))
+        html = report_path.read_text(encoding="utf-8")
 
-            with page.expect_download() as grid_info:
-                main.get_by_role("button", name="Grid as PNG").click()
-            grid_path = ARTIFACTS / "browser-grid.png"
-            grid_info.value.save_as(str(grid_path))
-            _assert_no_exception(page)
-        finally:
-            browser.close()
+        with page.expect_download() as grid_info:
+            main.get_by_role("button", name="Grid as PNG").click()
+        grid_path = ARTIFACTS / "browser-grid.png"
+        grid_info.value.save_as(str(grid_path))
+        _assert_no_exception(page)
 
     assert download.suggested_filename.endswith(".html")
     for label in PICKED.values():
@@ -306,44 +319,37 @@ def test_upload_compare_adjust_and_download_report(server, tmp_path):
 def test_robustness_and_evaluate_pages_render(server):
     """Both pages open from the sidebar, compute on their defaults and show their results; the
     sanity check runs when its button is pressed."""
-    from playwright.sync_api import expect, sync_playwright
+    from playwright.sync_api import expect
 
-    expect.set_options(timeout=COMPUTE_S * 1000)
-    with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=_chromium(), args=CHROMIUM_ARGS)
-        try:
-            page = browser.new_context(viewport={"width": 1440, "height": 1000}).new_page()
-            page.set_default_timeout(COMPUTE_S * 1000)
-            page.goto(server)
-            sidebar = page.locator('[data-testid="stSidebar"]')
-            main = page.locator('[data-testid="stMain"]')
-            expect(main.get_by_text("Grad-CAM overlay")).to_be_visible()
-            _wait_idle(page)
+    with _chromium_browser() as browser:
+        page = _open_page(browser, server)
+        sidebar = page.locator('[data-testid="stSidebar"]')
+        main = page.locator('[data-testid="stMain"]')
+        expect(main.get_by_text("Grad-CAM overlay")).to_be_visible()
+        _wait_idle(page)
 
-            sidebar.get_by_role("link", name="Robustness").click()
-            expect(main.get_by_role("heading", name="Robustness")).to_be_visible()
-            expect(main.get_by_text("The change, amplified ×31")).to_be_visible()
-            pairs = main.locator("[class*='st-key-robustness_pair_'] [data-testid='stImage'] img")
-            expect(pairs).to_have_count(4)  # two methods × (original, adversarial)
-            expect(main.get_by_role("button", name="Adversarial PNG")).to_be_visible()
-            _wait_idle(page)
-            _assert_no_exception(page)
-            page.screenshot(path=str(ARTIFACTS / "browser-05-robustness.png"))
+        sidebar.get_by_role("link", name="Robustness").click()
+        expect(main.get_by_role("heading", name="Robustness")).to_be_visible()
+        expect(main.get_by_text("The change, amplified ×31")).to_be_visible()
+        pairs = main.locator("[class*='st-key-robustness_pair_'] [data-testid='stImage'] img")
+        expect(pairs).to_have_count(4)  # two methods × (original, adversarial)
+        expect(main.get_by_role("button", name="Adversarial PNG")).to_be_visible()
+        _wait_idle(page)
+        _assert_no_exception(page)
+        page.screenshot(path=str(ARTIFACTS / "browser-05-robustness.png"))
 
-            sidebar.get_by_role("link", name="Evaluate").click()
-            expect(main.get_by_role("heading", name="Evaluate", exact=True)).to_be_visible()
-            charts = main.locator('[data-testid="stPlotlyChart"]')
-            expect(charts).to_have_count(2)  # deletion and insertion
-            _wait_idle(page)
-            main.get_by_role("button", name="Run the sanity check").click()
-            expect(main.get_by_role("button", name="Sanity check up to date")).to_be_visible()
-            expect(charts).to_have_count(3)
-            expect(main.get_by_text(re.compile(r"(passes|flagged) — ")).first).to_be_visible()
-            _wait_idle(page)
-            _assert_no_exception(page)
-            page.screenshot(path=str(ARTIFACTS / "browser-06-evaluate.png"), full_page=True)
-        finally:
-            browser.close()
+        sidebar.get_by_role("link", name="Evaluate").click()
+        expect(main.get_by_role("heading", name="Evaluate", exact=True)).to_be_visible()
+        charts = main.locator('[data-testid="stPlotlyChart"]')
+        expect(charts).to_have_count(2)  # deletion and insertion
+        _wait_idle(page)
+        main.get_by_role("button", name="Run the sanity check").click()
+        expect(main.get_by_role("button", name="Sanity check up to date")).to_be_visible()
+        expect(charts).to_have_count(3)
+        expect(main.get_by_text(re.compile(r"(passes|flagged) — ")).first).to_be_visible()
+        _wait_idle(page)
+        _assert_no_exception(page)
+        page.screenshot(path=str(ARTIFACTS / "browser-06-evaluate.png"), full_page=True)
 
 
 def _pick(page, widget_key: str, option: str) -> None:
@@ -372,77 +378,70 @@ def test_changes_during_a_long_computation_show_the_right_result(demo_server):
     result the widgets ask for (the result's own method, parameters and image), with no error;
     then the same on Compare with a long card. This is how an abandoned request's late reply used
     to reach the next request."""
-    from playwright.sync_api import expect, sync_playwright
+    from playwright.sync_api import expect
 
-    expect.set_options(timeout=COMPUTE_S * 1000)
-    with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=_chromium(), args=CHROMIUM_ARGS)
-        try:
-            page = browser.new_context(viewport={"width": 1440, "height": 1000}).new_page()
-            page.set_default_timeout(COMPUTE_S * 1000)
-            page.goto(demo_server)
-            main = page.locator('[data-testid="stMain"]')
-            progress = main.locator('[data-testid="stProgress"]')
-            expect(main.get_by_text("Grad-CAM overlay")).to_be_visible()
-            _wait_idle(page)
-            expect(main.get_by_text("image shapes_circle_0", exact=False)).to_be_visible()
+    with _chromium_browser() as browser:
+        page = _open_page(browser, demo_server)
+        main = page.locator('[data-testid="stMain"]')
+        progress = main.locator('[data-testid="stProgress"]')
+        expect(main.get_by_text("Grad-CAM overlay")).to_be_visible()
+        _wait_idle(page)
+        expect(main.get_by_text("image shapes_circle_0", exact=False)).to_be_visible()
 
-            # 1. The method changes while Kernel SHAP runs.
-            _pick(page, "explain_method", "Kernel SHAP")
-            expect(main.get_by_text("Kernel SHAP overlay")).to_be_visible()
-            _wait_idle(page)
-            _set_number(page, "explain_kernel_shap_max_evals", 20000)
-            expect(progress.first).to_be_visible()
-            _pick(page, "explain_method", "Layer-CAM")
-            expect(main.get_by_text("Method: Layer-CAM (layer_cam)")).to_be_visible()
-            _wait_idle(page)
-            _no_error_shown(page)
-            assert "max_evals" not in main.inner_text()
-            page.screenshot(path=str(ARTIFACTS / "browser-07-method-changed-mid-run.png"))
+        # 1. The method changes while Kernel SHAP runs.
+        _pick(page, "explain_method", "Kernel SHAP")
+        expect(main.get_by_text("Kernel SHAP overlay")).to_be_visible()
+        _wait_idle(page)
+        _set_number(page, "explain_kernel_shap_max_evals", 20000)
+        expect(progress.first).to_be_visible()
+        _pick(page, "explain_method", "Layer-CAM")
+        expect(main.get_by_text("Method: Layer-CAM (layer_cam)")).to_be_visible()
+        _wait_idle(page)
+        _no_error_shown(page)
+        assert "max_evals" not in main.inner_text()
+        page.screenshot(path=str(ARTIFACTS / "browser-07-method-changed-mid-run.png"))
 
-            # 2. The sample changes while Kernel SHAP runs, then 3. a parameter.
-            _pick(page, "explain_method", "Kernel SHAP")
-            expect(progress.first).to_be_visible()
-            _pick(page, "sidebar_sample", "shapes_star_0")
-            expect(main.get_by_text("image shapes_star_0", exact=False)).to_be_visible()
-            expect(progress.first).to_be_visible()
-            _set_number(page, "explain_kernel_shap_max_evals", 64)
-            expect(main.get_by_text("max_evals = 64", exact=False)).to_be_visible()
-            _wait_idle(page)
-            _no_error_shown(page)
-            facts = main.inner_text()
-            assert "Method: Kernel SHAP (kernel_shap)" in facts
-            assert re.search(r"Target: star \(class 3", facts), facts
-            page.screenshot(path=str(ARTIFACTS / "browser-08-sample-and-parameter-mid-run.png"))
+        # 2. The sample changes while Kernel SHAP runs, then 3. a parameter.
+        _pick(page, "explain_method", "Kernel SHAP")
+        expect(progress.first).to_be_visible()
+        _pick(page, "sidebar_sample", "shapes_star_0")
+        expect(main.get_by_text("image shapes_star_0", exact=False)).to_be_visible()
+        expect(progress.first).to_be_visible()
+        _set_number(page, "explain_kernel_shap_max_evals", 64)
+        expect(main.get_by_text("max_evals = 64", exact=False)).to_be_visible()
+        _wait_idle(page)
+        _no_error_shown(page)
+        facts = main.inner_text()
+        assert "Method: Kernel SHAP (kernel_shap)" in facts
+        assert re.search(r"Target: star \(class 3", facts), facts
+        page.screenshot(path=str(ARTIFACTS / "browser-08-sample-and-parameter-mid-run.png"))
 
-            # 4. Compare: a long Kernel SHAP card, the sample changed while it runs.
-            page.locator('[data-testid="stSidebar"]').get_by_role("link", name="Compare").click()
-            expect(main.get_by_role("heading", name="Compare")).to_be_visible()
-            _wait_idle(page)
-            field = main.locator('[data-testid="stMultiSelect"] input')
-            field.click()
-            field.fill("Kernel SHAP")
-            page.get_by_role("option", name="Kernel SHAP", exact=True).click()
-            page.keyboard.press("Escape")
-            _wait_idle(page)
-            card = main.locator(".st-key-compare_card_kernel_shap")
-            card.get_by_text("Parameters", exact=True).click()
-            _set_number(page, "compare_kernel_shap_max_evals", 20000)
-            expect(progress.first).to_be_visible()
-            _pick(page, "sidebar_sample", "shapes_square_0")
-            expect(main.get_by_text("image shapes_square_0", exact=False)).to_be_visible()
-            cards = main.locator("[class*='st-key-compare_card_'] [data-testid='stImage'] img")
-            expect(cards).to_have_count(5, timeout=COMPUTE_S * 1000)
-            _wait_idle(page)
-            _no_error_shown(page)
-            captions = main.locator(
-                "[class*='st-key-compare_card_'] [data-testid='stCaptionContainer']"
-            )
-            shown = " ".join(captions.all_inner_texts())
-            assert shown.count("square (p") >= 5, shown
-            page.screenshot(path=str(ARTIFACTS / "browser-09-compare-mid-run.png"), full_page=True)
-        finally:
-            browser.close()
+        # 4. Compare: a long Kernel SHAP card, the sample changed while it runs.
+        page.locator('[data-testid="stSidebar"]').get_by_role("link", name="Compare").click()
+        expect(main.get_by_role("heading", name="Compare")).to_be_visible()
+        _wait_idle(page)
+        field = main.locator('[data-testid="stMultiSelect"] input')
+        field.click()
+        field.fill("Kernel SHAP")
+        page.get_by_role("option", name="Kernel SHAP", exact=True).click()
+        page.keyboard.press("Escape")
+        _wait_idle(page)
+        card = main.locator(".st-key-compare_card_kernel_shap")
+        card.get_by_text("Parameters", exact=True).click()
+        _set_number(page, "compare_kernel_shap_max_evals", 20000)
+        expect(progress.first).to_be_visible()
+        _pick(page, "sidebar_sample", "shapes_square_0")
+        expect(main.get_by_text("image shapes_square_0", exact=False)).to_be_visible()
+        cards = main.locator("[class*='st-key-compare_card_'] [data-testid='stImage'] img")
+        expect(cards).to_have_count(5, timeout=COMPUTE_S * 1000)
+        _wait_idle(page)
+        _no_error_shown(page)
+        captions = main.locator(
+            "[class*='st-key-compare_card_'] [data-testid='stCaptionContainer']"
+        )
+        shown = " ".join(captions.all_inner_texts())
+        assert shown.count("square (p") >= 5, shown
+        page.screenshot(path=str(ARTIFACTS / "browser-09-compare-mid-run.png"), full_page=True)
 
 
 #: Concurrent browser sessions in the many-users test (docs/RELIABILITY.md quotes this number).
@@ -454,11 +453,10 @@ def test_concurrent_browser_sessions_keep_their_own_inputs(server, tmp_path):
     picking its own sample while the others do the same: each page shows its own model's
     prediction for its own image. (Streamlit runs each session's script in its own thread of
     the one server process; the service's caches and the worker pool are shared.)"""
-    from playwright.sync_api import expect, sync_playwright
+    from playwright.sync_api import expect
 
     import explainers
 
-    expect.set_options(timeout=COMPUTE_S * 1000)
     builders = [
         lambda: tiny_cam_model(seed=10),
         lambda: tiny_cam_model(seed=11),
@@ -478,54 +476,46 @@ def test_concurrent_browser_sessions_keep_their_own_inputs(server, tmp_path):
         probs = explainers.load_model(path).predict(samples[name])
         users.append((path, name, int(np.argmax(probs)), float(np.max(probs))))
 
-    with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=_chromium(), args=CHROMIUM_ARGS)
-        try:
-            pages = []
-            for _ in users:
-                page = browser.new_context(viewport={"width": 1440, "height": 1000}).new_page()
-                page.set_default_timeout(COMPUTE_S * 1000)
-                page.goto(server)
-                pages.append(page)
-            for page in pages:
-                expect(page.get_by_text("Grad-CAM overlay")).to_be_visible()
-            # Every session uploads its model before any waits: the server runs them together.
-            for page, (path, *_rest) in zip(pages, users, strict=True):
-                sidebar = page.locator('[data-testid="stSidebar"]')
-                sidebar.get_by_text("Upload a file", exact=True).click()
-                uploader = sidebar.locator('[data-testid="stFileUploader"]').filter(
-                    has_text="Keras model file"
+    with _chromium_browser() as browser:
+        pages = []
+        for _ in users:
+            page = _open_page(browser, server)
+            pages.append(page)
+        for page in pages:
+            expect(page.get_by_text("Grad-CAM overlay")).to_be_visible()
+        # Every session uploads its model before any waits: the server runs them together.
+        for page, (path, *_rest) in zip(pages, users, strict=True):
+            sidebar = page.locator('[data-testid="stSidebar"]')
+            sidebar.get_by_text("Upload a file", exact=True).click()
+            uploader = sidebar.locator('[data-testid="stFileUploader"]').filter(
+                has_text="Keras model file"
+            )
+            uploader.locator('input[type="file"]').set_input_files(str(path))
+        for page, (path, *_rest) in zip(pages, users, strict=True):
+            sidebar = page.locator('[data-testid="stSidebar"]')
+            expect(sidebar.get_by_text(f"Loaded {path.name}")).to_be_visible()
+        # Then every session picks its sample, again all at once.
+        for page, (_, name, *_rest) in zip(pages, users, strict=True):
+            page.locator(".st-key-sidebar_sample [role='combobox']").click()
+            page.keyboard.press("ControlOrMeta+a")
+            page.keyboard.type(name)
+            page.get_by_role("option", name=name, exact=True).click()
+        problems = []
+        for index, (page, (path, name, top, p)) in enumerate(zip(pages, users, strict=True)):
+            main = page.locator('[data-testid="stMain"]')
+            expect(main.get_by_text(f"image {name}", exact=False)).to_be_visible()
+            _wait_idle(page)
+            _assert_no_exception(page)
+            text = main.inner_text()
+            shown = re.findall(r"Model (\S+) · image (\S+) .*?predicted (.+?) \(([\d.]+)%\)", text)
+            expected = (path.name, name, f"class {top}")
+            if not (
+                len(shown) == 1
+                and shown[0][:3] == expected
+                and abs(float(shown[0][3]) / 100 - p) <= 0.0006
+            ):
+                problems.append(
+                    f"session {index}: expected {expected} at {p:.4f}, page shows {shown}"
                 )
-                uploader.locator('input[type="file"]').set_input_files(str(path))
-            for page, (path, *_rest) in zip(pages, users, strict=True):
-                sidebar = page.locator('[data-testid="stSidebar"]')
-                expect(sidebar.get_by_text(f"Loaded {path.name}")).to_be_visible()
-            # Then every session picks its sample, again all at once.
-            for page, (_, name, *_rest) in zip(pages, users, strict=True):
-                page.locator(".st-key-sidebar_sample [role='combobox']").click()
-                page.keyboard.press("ControlOrMeta+a")
-                page.keyboard.type(name)
-                page.get_by_role("option", name=name, exact=True).click()
-            problems = []
-            for index, (page, (path, name, top, p)) in enumerate(zip(pages, users, strict=True)):
-                main = page.locator('[data-testid="stMain"]')
-                expect(main.get_by_text(f"image {name}", exact=False)).to_be_visible()
-                _wait_idle(page)
-                _assert_no_exception(page)
-                text = main.inner_text()
-                shown = re.findall(
-                    r"Model (\S+) · image (\S+) .*?predicted (.+?) \(([\d.]+)%\)", text
-                )
-                expected = (path.name, name, f"class {top}")
-                if not (
-                    len(shown) == 1
-                    and shown[0][:3] == expected
-                    and abs(float(shown[0][3]) / 100 - p) <= 0.0006
-                ):
-                    problems.append(
-                        f"session {index}: expected {expected} at {p:.4f}, page shows {shown}"
-                    )
-                page.screenshot(path=str(ARTIFACTS / f"browser-10-session-{index}.png"))
-            assert not problems, problems
-        finally:
-            browser.close()
+            page.screenshot(path=str(ARTIFACTS / f"browser-10-session-{index}.png"))
+        assert not problems, problems
