@@ -37,7 +37,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import keras
 import tensorflow as tf
 
-from explainers.demo_data import (
+from explainers.io.demo_data import (
     CLASS_NAMES,
     ShapeSample,
     generate_dataset,

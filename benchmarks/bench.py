@@ -56,9 +56,9 @@ import tensorflow as tf  # noqa: E402
 from PIL import Image  # noqa: E402
 
 import explainers  # noqa: E402
-from explainers.compute import AUTO_BATCH_PIXELS, auto_batch_size  # noqa: E402
-from explainers.gradients import QUADRATURE_RULES  # noqa: E402
-from explainers.occlusion import patch_positions  # noqa: E402
+from explainers.core.runner import AUTO_BATCH_PIXELS, auto_batch_size  # noqa: E402
+from explainers.methods.gradients import QUADRATURE_RULES  # noqa: E402
+from explainers.methods.occlusion import patch_positions  # noqa: E402
 
 warnings.filterwarnings("ignore")
 MB = 1024 * 1024

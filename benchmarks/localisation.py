@@ -20,8 +20,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 import explainers  # noqa: E402
-from explainers.demo_data import generate_dataset  # noqa: E402
-from explainers.metrics import energy_in_mask, pointing_game  # noqa: E402
+from explainers.evaluation.metrics import energy_in_mask, pointing_game  # noqa: E402
+from explainers.io.demo_data import generate_dataset  # noqa: E402
 
 # The pointing game's tolerance (Zhang et al. 2018): 15 px at 224 px, scaled to the 96-px images.
 TOLERANCE = round(15 * 96 / 224)

@@ -10,9 +10,8 @@ from collections.abc import Mapping, Sequence
 import plotly.graph_objects as go
 
 from dashboard.protocol import MapEvaluation, SanityOutcome
+from explainers.evaluation.metrics import RANDOM_ROW
 
-#: The name the service gives the random-map row (``explainers.metrics.RANDOM_ROW``).
-RANDOM_ROW = "random"
 RANDOM_LABEL = "Random (chance)"
 RANDOM_COLOUR = "#8a939e"
 #: One colour per method, in the order the methods are listed (Plotly's default palette minus

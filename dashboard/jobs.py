@@ -23,6 +23,7 @@ import numpy as np
 
 import explainers
 from explainers import ExplainerError
+from explainers.core.specs import ProgressCallback
 
 from .protocol import (
     AttackOutcome,
@@ -42,7 +43,6 @@ from .protocol import (
 )
 
 LOGGER = logging.getLogger(__name__)
-Progress = Callable[[float, str], None]
 
 MAX_MODELS = max(1, int(os.environ.get("EXPLAINER_MAX_MODELS", "3") or 3))
 _BUNDLES: OrderedDict[tuple[str, str, str | None], explainers.ModelBundle] = OrderedDict()
@@ -51,7 +51,7 @@ _BUNDLES: OrderedDict[tuple[str, str, str | None], explainers.ModelBundle] = Ord
 def _trust_model_files() -> bool:
     """The operator's explicit opt-in to loading model files with custom code (off by default)."""
     try:
-        from explainers.safety import trust_from_environment
+        from explainers.io.safety import trust_from_environment
     except ImportError:  # pragma: no cover - older library without the safety module
         return False
     return bool(trust_from_environment())
@@ -138,7 +138,7 @@ def explain(
     target: int | None,
     layer: str | None,
     engine: str,
-    progress: Progress,
+    progress: ProgressCallback,
 ) -> ExplanationResult:
     _crash_if_asked(method)
     result = explainers.explain(
@@ -178,7 +178,11 @@ def _predictions(rows: Any) -> tuple[Prediction, ...]:
 
 
 def attack(
-    ref: ModelRef, pixels: np.ndarray, method: str, options: dict[str, Any], progress: Progress
+    ref: ModelRef,
+    pixels: np.ndarray,
+    method: str,
+    options: dict[str, Any],
+    progress: ProgressCallback,
 ) -> AttackOutcome:
     result = explainers.attack(bundle(ref), pixels, method, progress=progress, **options)  # type: ignore[arg-type]
     return AttackOutcome(
@@ -219,7 +223,7 @@ def evaluate(
     target: int,
     mask: np.ndarray | None,
     options: dict[str, Any],
-    progress: Progress,
+    progress: ProgressCallback,
 ) -> EvaluationOutcome:
     started = time.perf_counter()
     rows = explainers.evaluate_maps(
@@ -250,7 +254,7 @@ def sanity(
     methods: tuple[str, ...],
     target: int,
     options: dict[str, Any],
-    progress: Progress,
+    progress: ProgressCallback,
 ) -> SanityOutcome:
     started = time.perf_counter()
     result = explainers.model_randomisation_test(
@@ -320,7 +324,7 @@ def _test_sleep(seconds: float) -> str:
     return "slept"
 
 
-def _test_progress(seconds: float, tag: str, progress: Progress) -> str:
+def _test_progress(seconds: float, tag: str, progress: ProgressCallback) -> str:
     """Report progress every 10 ms for ``seconds``, then return ``tag``: a cancellable job."""
     steps = max(1, int(seconds / 0.01))
     for step in range(steps):
@@ -329,7 +333,7 @@ def _test_progress(seconds: float, tag: str, progress: Progress) -> str:
     return tag
 
 
-def _test_sleep_after_progress(seconds: float, progress: Progress) -> str:
+def _test_sleep_after_progress(seconds: float, progress: ProgressCallback) -> str:
     """One progress call, then a long step that never checks for cancellation."""
     progress(0.0, "test: one long step")
     time.sleep(seconds)
@@ -391,7 +395,7 @@ def _rss() -> int:
         return 0
 
 
-def run(job: str, kwargs: dict[str, Any], progress: Progress) -> WorkerReply:
+def run(job: str, kwargs: dict[str, Any], progress: ProgressCallback) -> WorkerReply:
     """Run one job and wrap its outcome (or its error, as a plain sentence) in a reply."""
     table = dict(JOBS)
     if _test_hooks():

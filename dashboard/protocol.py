@@ -22,7 +22,7 @@ from typing import Any, Literal
 
 import numpy as np
 
-from explainers.layers import LayerInfo
+from explainers.core.layers import LayerInfo
 from explainers.registry import ParamSpec
 
 
@@ -40,20 +40,6 @@ class ServiceError(Exception):
         self.retryable = retryable
         #: The cache key under which the service remembers this failure (see Retry).
         self.retry_key = retry_key
-
-
-#: Methods that report progress while they run (the UI shows a progress bar for them).
-LONG_METHODS = frozenset(
-    {
-        "occlusion",
-        "score_cam",
-        "smoothgrad",
-        "integrated_gradients",
-        "rise",
-        "lime",
-        "kernel_shap",
-    }
-)
 
 
 @dataclass(frozen=True)
@@ -102,15 +88,13 @@ class MethodSummary:
     reason: str | None
     #: Engines this method has that refuse this model, with the reason: ((engine, reason), ...).
     refused_engines: tuple[tuple[str, str], ...] = ()
+    #: The method reports progress while it runs (its spec says so): the page shows a bar.
+    reports_progress: bool = False
 
     @property
     def usable_engines(self) -> tuple[str, ...]:
         refused = {engine for engine, _ in self.refused_engines}
         return tuple(e for e in self.engines if e not in refused)
-
-    @property
-    def is_long(self) -> bool:
-        return self.name in LONG_METHODS
 
 
 @dataclass(frozen=True)
@@ -305,7 +289,7 @@ def summarise_method(info: Any, bundle: Any = None) -> MethodSummary:
     if bundle is not None and "tf_explain" in spec.engines:
         from explainers.tf_explain_engine import unavailable_reason
 
-        reason = unavailable_reason(spec.name, bundle)
+        reason = unavailable_reason(spec, bundle)
         if reason:
             refused.append(("tf_explain", reason))
     return MethodSummary(
@@ -324,6 +308,7 @@ def summarise_method(info: Any, bundle: Any = None) -> MethodSummary:
         applicable=info.applicable,
         reason=info.reason,
         refused_engines=tuple(refused),
+        reports_progress=spec.reports_progress,
     )
 
 

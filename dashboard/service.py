@@ -49,7 +49,9 @@ import streamlit as st
 
 import explainers
 from explainers import ExplainerError
-from explainers.model_files import (
+from explainers.core.specs import ProgressCallback
+from explainers.io import model_files
+from explainers.io.model_files import (
     KERAS_APPLICATIONS,
     PREPROCESSING_CHOICES,
     PREPROCESSING_HELP,
@@ -59,7 +61,6 @@ from explainers.registry import resolve_params
 
 from . import worker
 from .protocol import (
-    LONG_METHODS,
     AttackOutcome,
     EvaluationOutcome,
     ExplanationRequest,
@@ -74,7 +75,6 @@ from .protocol import (
 )
 
 __all__ = [
-    "LONG_METHODS",
     "AttackOutcome",
     "EvaluationOutcome",
     "ExplanationRequest",
@@ -91,7 +91,8 @@ LOGGER = logging.getLogger(__name__)
 
 #: Where the bundled demo models and sample images live; ``EXPLAINER_ASSETS_DIR`` overrides it.
 ASSETS_DIR = Path(__file__).resolve().parents[1] / "assets"
-MODEL_SUFFIXES = ("keras", "h5", "hdf5")
+#: The uploader's accepted extensions (without the dot), from the library's list.
+MODEL_SUFFIXES = tuple(suffix.lstrip(".") for suffix in model_files.MODEL_SUFFIXES)
 IMAGE_SUFFIXES = ("png", "jpg", "jpeg", "webp", "bmp", "gif", "tif", "tiff")
 LABEL_SUFFIXES = ("txt", "json")
 #: The largest model file accepted; Streamlit's own upload limit (``server.maxUploadSize`` in
@@ -110,8 +111,6 @@ DEMO_NOTES: dict[str, str] = {
     "demo_shortcut.keras": "Trained on images whose coloured corner marker gives the class away: "
     "it learned to look at the corner. Try the shortcut_* samples.",
 }
-
-ProgressCallback = Callable[[float, str], None]
 
 
 # ------------------------------------------------------------------------------------------------
@@ -245,8 +244,9 @@ def clear_caches() -> None:
     RESULTS.clear()
     with _FAILURES_LOCK:
         _FAILURES.clear()
-    if worker._POOL is not None:
-        worker._POOL.broadcast("clear")
+    running = worker.existing_pool()
+    if running is not None:
+        running.broadcast("clear")
 
 
 def _readonly(array: np.ndarray) -> np.ndarray:

@@ -12,7 +12,7 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFilter, ImageFont
 
 from explainers import render
-from explainers.maps import resize_map
+from explainers.core.maps import resize_map
 
 #: Outline colours: the object mask in white, the shortcut marker in magenta (absent from the
 #: sequential colormaps, so it stays visible on any overlay).

@@ -24,7 +24,7 @@ fresh worker. ``EXPLAINER_WORKERS`` (default 2) sets the pool size; each worker 
 that already holds it.
 
 What this does not do: the workers run as the same operating-system user as the dashboard, with
-the same file-system access. The model-file checks (:mod:`explainers.safety`) are what keep
+the same file-system access. The model-file checks (:mod:`explainers.io.safety`) are what keep
 hostile code from running at all; the worker boundary limits the damage of what gets past them
 (crashes, runaway memory or time) and keeps it out of the Streamlit process. For stronger
 isolation run the dashboard in a container (see docs/RELIABILITY.md).
@@ -51,6 +51,8 @@ from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
 
+from explainers.core.specs import ProgressCallback
+
 from .protocol import ServiceError, UnsafeReplyError, WorkerReply, dumps, loads
 
 LOGGER = logging.getLogger(__name__)
@@ -58,8 +60,6 @@ ROOT = Path(__file__).resolve().parents[1]
 POLL_S = 0.05
 #: Request ids, unique in this process (across workers and restarts); 0 is the "ready" message.
 _REQUEST_IDS = itertools.count(1)
-
-ProgressCallback = Callable[[float, str], None]
 
 
 def _env_number(name: str, default: float, low: float) -> float:
@@ -500,6 +500,12 @@ def pool() -> WorkerPool:
         return _POOL
 
 
+def existing_pool() -> WorkerPool | None:
+    """The process-wide pool if one was created, without creating (or starting) one."""
+    with _POOL_LOCK:
+        return _POOL
+
+
 def shutdown_pool() -> None:
     """Stop every worker; the next request creates a fresh pool (reading the environment again)."""
     global _POOL
@@ -569,7 +575,7 @@ def _serve(connection: Connection) -> int:
     # tf-explain...) now, so that their import cost is paid before "ready" (under the start-up
     # limit), not by the first request under its time limit.
     import explainers.explanation
-    import explainers.models
+    import explainers.io.models
 
     explainers.available_methods()
 

@@ -33,8 +33,8 @@ from typing import TYPE_CHECKING, Any
 #: ``explainers.registry.ParamSpec`` cost no TensorFlow import — the dashboard's UI process
 #: needs only those; models run in worker processes, which import the rest.
 _EXPORTS: dict[str, str] = {
-    "AttackResult": "attacks",
-    "attack": "attacks",
+    "AttackResult": "evaluation.attacks",
+    "attack": "evaluation.attacks",
     "ExplainerError": "errors",
     "ImageError": "errors",
     "MethodNotApplicableError": "errors",
@@ -44,52 +44,39 @@ _EXPORTS: dict[str, str] = {
     "UnsupportedModelError": "errors",
     "Explanation": "explanation",
     "explain": "explanation",
-    "load_image": "images",
-    "AggregateScores": "metrics",
-    "Curve": "metrics",
-    "MapScores": "metrics",
-    "aggregate": "metrics",
-    "deletion_curve": "metrics",
-    "evaluate_maps": "metrics",
-    "insertion_curve": "metrics",
-    "random_map": "metrics",
-    "ModelBundle": "models",
-    "bundle_from_model": "models",
-    "load_application": "models",
-    "load_model": "models",
+    "load_image": "io.images",
+    "AggregateScores": "evaluation.metrics",
+    "Curve": "evaluation.metrics",
+    "MapScores": "evaluation.metrics",
+    "aggregate": "evaluation.metrics",
+    "deletion_curve": "evaluation.metrics",
+    "evaluate_maps": "evaluation.metrics",
+    "insertion_curve": "evaluation.metrics",
+    "random_map": "evaluation.metrics",
+    "ModelBundle": "io.models",
+    "bundle_from_model": "io.models",
+    "load_application": "io.models",
+    "load_model": "io.models",
     "MethodInfo": "registry",
     "MethodSpec": "registry",
     "ParamSpec": "registry",
     "available_methods": "registry",
     "get_method": "registry",
-    "SanityResult": "sanity",
-    "model_randomisation_test": "sanity",
+    "SanityResult": "evaluation.sanity",
+    "model_randomisation_test": "evaluation.sanity",
 }
-#: Submodules reachable as attributes (``explainers.render``, ``explainers.models`` ...).
+#: Submodules reachable as attributes (``explainers.render``, ``explainers.io.models`` ...).
 _SUBMODULES = frozenset(
     {
-        "attacks",
-        "cam",
         "cli",
-        "compute",
-        "demo_data",
+        "core",
         "errors",
+        "evaluation",
         "explanation",
-        "gradients",
-        "graph",
-        "images",
-        "layers",
-        "maps",
-        "metrics",
-        "model_files",
-        "models",
-        "occlusion",
+        "io",
+        "methods",
         "registry",
         "render",
-        "rise",
-        "safety",
-        "sanity",
-        "superpixels",
         "tf_explain_engine",
     }
 )
@@ -111,9 +98,7 @@ def __dir__() -> list[str]:
 
 
 if TYPE_CHECKING:  # what static tools (and readers) see
-    from . import render
-    from .attacks import AttackResult, attack
-    from .errors import (
+    from explainers.errors import (
         ExplainerError,
         ImageError,
         MethodNotApplicableError,
@@ -122,9 +107,8 @@ if TYPE_CHECKING:  # what static tools (and readers) see
         UnsafeModelError,
         UnsupportedModelError,
     )
-    from .explanation import Explanation, explain
-    from .images import load_image
-    from .metrics import (
+    from explainers.evaluation.attacks import AttackResult, attack
+    from explainers.evaluation.metrics import (
         AggregateScores,
         Curve,
         MapScores,
@@ -134,9 +118,13 @@ if TYPE_CHECKING:  # what static tools (and readers) see
         insertion_curve,
         random_map,
     )
-    from .models import ModelBundle, bundle_from_model, load_application, load_model
-    from .registry import MethodInfo, MethodSpec, ParamSpec, available_methods, get_method
-    from .sanity import SanityResult, model_randomisation_test
+    from explainers.evaluation.sanity import SanityResult, model_randomisation_test
+    from explainers.explanation import Explanation, explain
+    from explainers.io.images import load_image
+    from explainers.io.models import ModelBundle, bundle_from_model, load_application, load_model
+    from explainers.registry import MethodInfo, MethodSpec, ParamSpec, available_methods, get_method
+
+    from . import render
 
 __version__ = "0.1.0"
 

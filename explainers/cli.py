@@ -10,12 +10,13 @@ from typing import Any
 
 import numpy as np
 
+from explainers.errors import ExplainerError, ParameterError
+
 from . import render
-from .errors import ExplainerError, ParameterError
 
 
 def _methods(args: argparse.Namespace) -> int:
-    from .registry import available_methods
+    from explainers.registry import available_methods
 
     infos = available_methods()
     if args.json:
@@ -77,10 +78,10 @@ def _parse_params(items: list[str]) -> dict[str, Any]:
 
 
 def _explain(args: argparse.Namespace) -> int:
-    from .explanation import explain
-    from .images import load_image
-    from .models import load_model
-    from .registry import get_method
+    from explainers.explanation import explain
+    from explainers.io.images import load_image
+    from explainers.io.models import load_model
+    from explainers.registry import get_method
 
     if not args.out and not args.npy:
         raise ParameterError("give --out heat.png and/or --npy raw.npy")

@@ -21,7 +21,7 @@ class ModelLoadError(ExplainerError):
 
 class UnsafeModelError(ModelLoadError):
     """The model file was refused before Keras read it: it holds code, reaches outside Keras, or
-    is built to exhaust memory or disk (see :mod:`explainers.safety`). The message names what was
+    is built to exhaust memory or disk (see :mod:`explainers.io.safety`). The message names what was
     found, where, and what to do."""
 
 

@@ -8,12 +8,13 @@ from typing import Any
 
 import numpy as np
 
-from .compute import ProgressCallback
-from .errors import ExplainerError, ParameterError
-from .images import check_image_array
-from .maps import resize_map
-from .models import ModelBundle
-from .registry import ENGINES, ExplainRequest, MethodSpec, get_method
+from explainers.core.maps import effect_size, resize_map
+from explainers.core.specs import ENGINES, ExplainRequest, MethodSpec, ProgressCallback
+from explainers.errors import ExplainerError, ParameterError
+from explainers.io.images import check_image_array
+from explainers.io.models import ModelBundle
+from explainers.registry import get_method
+from explainers.tf_explain_engine import compute_with_tf_explain
 
 
 @dataclass(frozen=True, eq=False)
@@ -89,9 +90,6 @@ def _checked_probs(probs: np.ndarray) -> np.ndarray:
 # ------------------------------------------------------------------------------------------------
 # Map checks: no silent empty or meaningless map
 # ------------------------------------------------------------------------------------------------
-#: Methods that explain the class probability; the others explain the runner's class score
-#: (the logit, or the log-probability when the model outputs probabilities it computed itself).
-PROBABILITY_METHODS = frozenset({"score_cam", "rise", "lime", "kernel_shap"})
 #: A map (or the score changes a method saw) below this fraction of the explained score is
 #: float32 rounding, not evidence: float32 resolves about 1.2e-7 of a value, and the methods'
 #: sums of many terms lose a few more digits.
@@ -106,15 +104,6 @@ SATURATION = 1e-6
 #: or an input it learned nothing about (an untrained demo CNN gives 0.256 for 4 classes, an
 #: untrained MobileNetV2 exactly 1/1000; the trained demo model ≥ 0.97 on its samples).
 NEAR_CHANCE = 1.1
-
-#: What one of a method's perturbations is called in the warnings.
-_PERTURBATION = {
-    "occlusion": "occluded patch",
-    "rise": "random mask",
-    "lime": "superpixel coalition",
-    "kernel_shap": "superpixel coalition",
-    "score_cam": "masked image",
-}
 
 
 def _class_score_name(bundle: ModelBundle, scores: np.ndarray) -> str:
@@ -131,7 +120,7 @@ def _class_score_name(bundle: ModelBundle, scores: np.ndarray) -> str:
 
 
 def explained_score(
-    method: str,
+    spec: MethodSpec,
     params: dict[str, Any],
     engine: str,
     bundle: ModelBundle,
@@ -139,28 +128,14 @@ def explained_score(
     probs: np.ndarray,
     target: int,
 ) -> tuple[str, float]:
-    """(name, value) of the score ``method`` explains for ``target``: ``"logit"``,
+    """(name, value) of the score method ``spec`` explains for ``target``: ``"logit"``,
     ``"log-probability"`` or ``"probability"`` (README, "What the score is"). ``scores`` and
     ``probs`` are the runner's (n_classes,) rows for the input."""
-    p = float(probs[target])
     runner_score = (_class_score_name(bundle, scores), float(scores[target]))
-    if engine == "tf_explain":
-        # tf-explain differentiates the model's output as it is, strips only a separate final
-        # activation layer for vanilla gradients and gradient × input, and smooths the gradient
-        # of the cross-entropy (−log p_c), which we negate (tf_explain_engine).
-        if method == "smoothgrad":
-            return "log-probability", float(np.log(max(p, np.finfo(np.float64).tiny)))
-        last = next((i.class_name for i in bundle.layers if i.path == bundle.output_layer), "")
-        stripped = last in ("Activation", "Softmax")  # a separate softmax/sigmoid layer
-        if method in ("vanilla_gradients", "gradient_x_input") and stripped:
-            return runner_score
-        if bundle.output_kind in ("softmax", "sigmoid", "probabilities"):
-            return "probability", p
-        return runner_score
-    if method in PROBABILITY_METHODS or (
-        method == "occlusion" and params.get("score") == "probability"
-    ):
-        return "probability", p
+    if engine == "tf_explain" and spec.tf_explain is not None:
+        return spec.tf_explain.explained_score(bundle, probs, target, runner_score)
+    if spec.explained_score_kind(params) == "probability":
+        return "probability", float(probs[target])
     return runner_score
 
 
@@ -174,56 +149,35 @@ def _resolution(kind: str, value: float) -> float:
     return NEGLIGIBLE * max(1.0, abs(value))
 
 
-def _units(method: str, params: dict[str, Any], score: str) -> str:
-    base = params.get("base") if method == "smoothgrad" else method
-    if method == "smoothgrad" and params.get("squared"):
-        return f"squared {_units(str(base), {}, score)}, averaged over noisy copies"
-    if base in ("vanilla_gradients", "guided_backprop"):
-        kind = "guided gradient" if base == "guided_backprop" else "gradient"
-        return f"{kind} of the {score}: {score} per unit of model input, summed over channels"
-    if base in ("gradient_x_input", "integrated_gradients"):
-        return f"{score} contributions, summed over colour channels"
-    return {
-        "occlusion": f"drop in the {score} when a patch over the pixel is hidden (mean)",
-        "rise": "probability (mask-weighted average"
-        + (", minus the mean masked probability)" if params.get("center") else ")"),
-        "lime": "change in probability for showing the superpixel (surrogate weight)",
-        "kernel_shap": "probability (Shapley value of the pixel's superpixel)",
-        "cam": f"activation × output-layer weight (sums to h·w × ({score} − bias))",
-        "grad_cam": f"activation × mean gradient of the {score}",
-        "grad_cam_plus_plus": f"activation × Grad-CAM++ weight of the {score}",
-        "layer_cam": f"activation × positive gradient of the {score}",
-        "score_cam": "activation × class probability of the masked image",
-        "guided_grad_cam": f"guided gradient × Grad-CAM of the {score}",
-    }.get(str(base), score)
+def _wrapped(spec: MethodSpec, params: dict[str, Any]) -> MethodSpec | None:
+    """The method a wrapper (SmoothGrad) applies, from its ``wraps_param``; None otherwise."""
+    if spec.wraps_param is None or params.get(spec.wraps_param) is None:
+        return None
+    return get_method(str(params[spec.wraps_param]))
 
 
-def _effect(method: str, params: dict[str, Any], raw: np.ndarray, x: np.ndarray):
-    """The map's size in units of the explained score, and what was measured; None where the
-    map is not in the score's units (Score-CAM: probability × activation; guided Grad-CAM).
+def map_units(spec: MethodSpec, params: dict[str, Any], score: str) -> str:
+    """What one unit of the method's map is, in words, for the explained ``score``'s name."""
+    wrapped = _wrapped(spec, params)
+    wrapped_units = map_units(wrapped, {}, score) if wrapped is not None else ""
+    if callable(spec.units):
+        return spec.units(params, score, wrapped_units)
+    return spec.units.format(score=score)
 
-    Attribution maps that spread the score over many pixels are measured by their total
-    (gradients by the first-order effect Σ|∂S/∂x| × the input's value range), maps whose every
-    value is itself a score change (patches, masks, superpixels) by their largest value.
-    """
-    magnitude = np.abs(raw.astype(np.float64))
-    total = float(magnitude.sum())
-    value_range = float(x.max() - x.min()) or 1.0
-    cells = raw.shape[0] * raw.shape[1]
-    base = params.get("base") if method == "smoothgrad" else method
-    if method == "smoothgrad" and params.get("squared"):
-        total = float(np.sqrt(cells * total))  # Σ|g| ≤ √n ‖g‖₂, and the map holds mean g²
-    if base in ("integrated_gradients", "gradient_x_input", "grad_cam", "layer_cam"):
-        return total, "total attribution"
-    if base in ("vanilla_gradients", "guided_backprop"):
-        return total * value_range, "first-order effect (Σ|gradient| × the input's range)"
-    if method == "cam":  # the map's mean is the logit minus the bias
-        return total / cells, "total attribution / (h·w)"
-    if method == "grad_cam_plus_plus":  # ≈ (h·w / 2) × Grad-CAM for a pooled head
-        return 2.0 * total / cells, "total attribution × 2 / (h·w)"
-    if method in ("occlusion", "rise", "lime", "kernel_shap"):
-        return float(magnitude.max()), "largest value"
-    return None
+
+def map_effect(
+    spec: MethodSpec, params: dict[str, Any], raw: np.ndarray, x: np.ndarray
+) -> tuple[float, str] | None:
+    """The map's size in units of the explained score, and what was measured
+    (:func:`explainers.core.maps.effect_size` with the spec's rule); None where the map is not in
+    the score's units (Score-CAM: probability × activation; guided Grad-CAM)."""
+    if callable(spec.effect):
+        wrapped = _wrapped(spec, params)
+        rule = wrapped.effect if wrapped is not None and isinstance(wrapped.effect, str) else None
+        return spec.effect(raw, x, params, rule)
+    if spec.effect is None:
+        return None
+    return effect_size(spec.effect, raw, x)
 
 
 def _zero_description(bundle: ModelBundle) -> str:
@@ -260,9 +214,8 @@ def check_map(
     the method's perturbations; else the map all zero; constant; or negligible against the score).
     """
     diagnostics = diagnostics or {}
-    method = spec.name
     label = bundle.class_names[target]
-    score, value = explained_score(method, params, engine, bundle, scores, probs, target)
+    score, value = explained_score(spec, params, engine, bundle, scores, probs, target)
     value_text = _probability_text(value) if score == "probability" else f"{value:.4g}"
     score_text = f"{score} of {label} = {value_text}"
     values = raw.astype(np.float64)
@@ -276,7 +229,7 @@ def check_map(
         "score": score,
         "score_value": value,
         "score_text": score_text,
-        "units": _units(method, params, score),
+        "units": map_units(spec, params, score),
     }
     warnings: list[str] = []
 
@@ -314,9 +267,10 @@ def check_map(
     return {"warnings": warnings, "magnitude": magnitude}
 
 
-def _logit_advice(method: str) -> str:
-    if method == "occlusion":
-        return "Set Score to 'logit' (an advanced parameter): the logit keeps resolving."
+def _logit_advice(spec: MethodSpec) -> str:
+    if spec.score_param is not None:
+        choice = spec.param(spec.score_param).label
+        return f"Set {choice} to 'logit' (an advanced parameter): the logit keeps resolving."
     return (
         "Use occlusion with Score = 'logit', or a gradient or CAM method (they explain the logit)."
     )
@@ -369,17 +323,17 @@ def _map_warning(
                     + "Use Grad-CAM, which explains the logit, or occlusion with Score = 'logit'"
                     + ("." if saturated else ", and check that the model is trained.")
                 )
-            unit = _PERTURBATION.get(method, "perturbation")
+            unit = spec.perturbation or "perturbation"
             if saturated:
                 return (
                     f"'{label}' is saturated at p = {_probability_text(value)}: float32 cannot "
                     f"resolve probabilities this close to 1, so every {unit} scored the same "
-                    f"({seen}) and the map {state}. {_logit_advice(method)}"
+                    f"({seen}) and the map {state}. {_logit_advice(spec)}"
                 )
             advice = (
                 "Try a larger patch or another fill, or check that the model is trained."
                 if method == "occlusion" and score != "probability"
-                else _logit_advice(method) + " Check that the model is trained."
+                else _logit_advice(spec) + " Check that the model is trained."
             )
             return (
                 f"No {unit} changed the {score} of '{label}' beyond float32 rounding ({seen}), "
@@ -474,14 +428,13 @@ def _map_warning(
         )
 
     # 4. Negligible against the explained score.
-    effect = _effect(method, params, raw, x)
+    effect = map_effect(spec, params, raw, x)
     if effect is not None:
         size, measure = effect
         if size < _resolution(score, value):
             saturated = score == "probability" and 1.0 - value <= SATURATION
             advice = (
-                f"'{label}' is saturated at p = {_probability_text(value)}. "
-                + _logit_advice(method)
+                f"'{label}' is saturated at p = {_probability_text(value)}. " + _logit_advice(spec)
                 if saturated
                 else f"The model's {score} barely depends on this input: check that the model "
                 "is trained and the preprocessing is right."
@@ -571,9 +524,7 @@ def explain(
         progress=progress,
     )
     if engine == "tf_explain":
-        from .tf_explain_engine import compute_with_tf_explain
-
-        raw, extras = compute_with_tf_explain(spec.name, request)
+        raw, extras = compute_with_tf_explain(spec, request)
     else:
         raw, extras = spec.compute(request)
     scores, checked = runner.predict(x)

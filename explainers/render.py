@@ -38,7 +38,7 @@ def colormap_lut(name: str) -> np.ndarray:
 
 def blur_map(attribution: np.ndarray, sigma: float) -> np.ndarray:
     """Gaussian blur of a float map (σ in pixels); σ ≤ 0 returns the map unchanged."""
-    from .maps import gaussian_blur
+    from explainers.core.maps import gaussian_blur
 
     return gaussian_blur(attribution, sigma)
 
@@ -139,7 +139,7 @@ def overlay(
 
     The attribution is resized to the image if their sizes differ (bilinear).
     """
-    from .maps import resize_map
+    from explainers.core.maps import resize_map
 
     if not 0.0 <= alpha <= 1.0:
         raise ValueError(f"alpha must be in [0, 1], got {alpha}")

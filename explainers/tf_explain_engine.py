@@ -23,16 +23,18 @@ import threading
 import warnings
 import weakref
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 
-from .errors import MethodNotApplicableError, ParameterError
-from .maps import resize_map
-from .registry import ExplainRequest
+from explainers.core.maps import resize_map
+from explainers.core.specs import ExplainRequest
+from explainers.errors import MethodNotApplicableError, ParameterError
 
 if TYPE_CHECKING:
-    from .models import ModelBundle
+    from explainers.core.specs import MethodSpec
+    from explainers.io.models import ModelBundle
 
 _PROBABILITY_NOTE = (
     "tf-explain differentiates the model's output as it is (probabilities when the softmax is "
@@ -102,14 +104,16 @@ def _occlusion_reason(bundle: ModelBundle) -> str | None:
     )
 
 
-def unavailable_reason(method: str, bundle: ModelBundle) -> str | None:
-    """Why the tf-explain engine refuses ``method`` on ``bundle`` (None when it runs it).
+def unavailable_reason(spec: MethodSpec, bundle: ModelBundle) -> str | None:
+    """Why the tf-explain engine refuses method ``spec`` on ``bundle`` (None when it runs it).
 
     What depends on the image is checked when it runs: occlusion refuses non-square model inputs.
     """
+    if spec.tf_explain is None:
+        return f"tf-explain has no {spec.label}"
     reason = _model_reason(bundle)
-    if reason is None and method == "occlusion":
-        reason = _occlusion_reason(bundle)
+    if reason is None and spec.tf_explain.requirement is not None:
+        reason = spec.tf_explain.requirement(bundle)
     return reason
 
 
@@ -236,21 +240,52 @@ def _grad_cam(request: ExplainRequest, views: _Views) -> tuple[np.ndarray, dict[
     return cam, {"engine_note": note}
 
 
-_ENGINE: dict[str, Callable[[ExplainRequest, _Views], tuple[np.ndarray, dict[str, Any]]]] = {
-    "vanilla_gradients": _vanilla,
-    "gradient_x_input": _gradient_x_input,
-    "smoothgrad": _smoothgrad,
-    "integrated_gradients": _integrated_gradients,
-    "occlusion": _occlusion,
-    "grad_cam": _grad_cam,
-}
+#: What tf-explain differentiates: the model's output as it is ("output"), the output with a
+#: separate final softmax/sigmoid layer stripped ("score_model"), or the cross-entropy −log p_c,
+#: negated ("log_probability").
+TfExplainScore = Literal["output", "score_model", "log_probability"]
 
 
-def compute_with_tf_explain(method: str, request: ExplainRequest) -> tuple[np.ndarray, dict]:
-    """Run ``method`` with tf-explain; returns (raw map, extras) like a native compute."""
-    if method not in _ENGINE:
-        raise ParameterError(f"tf-explain has no {method}")
-    reason = unavailable_reason(method, request.bundle)
+@dataclass(frozen=True)
+class TfExplainAdapter:
+    """How tf-explain computes one method: a method's spec points at one of these."""
+
+    compute: Callable[[ExplainRequest, _Views], tuple[np.ndarray, dict[str, Any]]]
+    score: TfExplainScore = "output"
+    #: Why tf-explain's version refuses a model the others accept (None when it does not).
+    requirement: Callable[[ModelBundle], str | None] | None = None
+
+    def explained_score(
+        self, bundle: ModelBundle, probs: np.ndarray, target: int, runner_score: tuple[str, float]
+    ) -> tuple[str, float]:
+        """(name, value) of the score tf-explain's map explains (README, "What the score is");
+        ``runner_score`` is our runner's (name, value) for the target."""
+        p = float(probs[target])
+        if self.score == "log_probability":
+            return "log-probability", float(np.log(max(p, np.finfo(np.float64).tiny)))
+        last = next((i.class_name for i in bundle.layers if i.path == bundle.output_layer), "")
+        if self.score == "score_model" and last in ("Activation", "Softmax"):
+            return runner_score  # the separate softmax/sigmoid layer was stripped
+        if bundle.output_kind in ("softmax", "sigmoid", "probabilities"):
+            return "probability", p
+        return runner_score
+
+
+VANILLA_GRADIENTS = TfExplainAdapter(_vanilla, score="score_model")
+GRADIENT_X_INPUT = TfExplainAdapter(_gradient_x_input, score="score_model")
+SMOOTHGRAD = TfExplainAdapter(_smoothgrad, score="log_probability")
+INTEGRATED_GRADIENTS = TfExplainAdapter(_integrated_gradients)
+OCCLUSION = TfExplainAdapter(_occlusion, requirement=_occlusion_reason)
+GRAD_CAM = TfExplainAdapter(_grad_cam)
+
+
+def compute_with_tf_explain(
+    spec: MethodSpec, request: ExplainRequest
+) -> tuple[np.ndarray, dict[str, Any]]:
+    """Run method ``spec`` with tf-explain; returns (raw map, extras) like a native compute."""
+    if spec.tf_explain is None:
+        raise ParameterError(f"tf-explain has no {spec.label}")
+    reason = unavailable_reason(spec, request.bundle)
     if reason is not None:
         raise MethodNotApplicableError(reason)
-    return _ENGINE[method](request, _views(request.bundle))
+    return spec.tf_explain.compute(request, _views(request.bundle))

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image
 
-from explainers.images import MAX_IMAGE_PIXELS
+from explainers.io.images import MAX_IMAGE_PIXELS
 
 #: A random 20×30 RGB image most cases are made from.
 RGB = np.random.default_rng(0).integers(0, 256, (20, 30, 3), dtype=np.uint8)

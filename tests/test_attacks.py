@@ -8,8 +8,8 @@ import pytest
 from PIL import Image
 
 import explainers
-from explainers.attacks import attack, preprocessing_affine
-from explainers.demo_data import generate_dataset
+from explainers.evaluation.attacks import attack, preprocessing_affine
+from explainers.io.demo_data import generate_dataset
 
 from .models_zoo import functional_softmax, sequential_flatten
 

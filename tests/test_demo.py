@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 
 import explainers
-from explainers.demo_data import CLASS_NAMES, generate_dataset
-from explainers.metrics import energy_in_mask, pointing_game
+from explainers.evaluation.metrics import energy_in_mask, pointing_game
+from explainers.io.demo_data import CLASS_NAMES, generate_dataset
 
 # Seeds never used for training or validation by assets/make_demo_models.py.
 FRESH_SEED = 20_261_127

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 import explainers
-from explainers.gradients import quadrature
+from explainers.methods.gradients import quadrature
 
 RNG = np.random.default_rng(42)
 

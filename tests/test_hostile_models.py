@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 
 import explainers
-from explainers import safety
 from explainers.errors import ModelLoadError, ParameterError, UnsafeModelError
+from explainers.io import safety
 
 from . import hostile_files, models_zoo
 from .conftest import DEMO_MODEL, SHORTCUT_MODEL

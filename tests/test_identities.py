@@ -37,7 +37,9 @@ def test_integrated_gradients_completeness(zoo_bundles, rule, baseline):
     result = explainers.explain(
         bundle, image, "integrated_gradients", steps=64, rule=rule, baseline=baseline
     )
-    x_ref = bundle.preprocess(explainers.gradients.baseline_pixels(baseline, bundle.resize(image)))
+    x_ref = bundle.preprocess(
+        explainers.methods.gradients.baseline_pixels(baseline, bundle.resize(image))
+    )
     scores, _ = bundle.runner.forward(np.stack([bundle.model_input(image)[0], x_ref]))
     delta = scores[0, result.target] - scores[1, result.target]
     assert abs(delta) > 1e-3  # the identity is not trivially 0 = 0

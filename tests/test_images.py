@@ -9,7 +9,7 @@ from hypothesis import strategies as st
 from PIL import Image
 
 import explainers
-from explainers.images import check_image_array
+from explainers.io.images import check_image_array
 from explainers.registry import ParamSpec
 
 from . import bad_images

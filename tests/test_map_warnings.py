@@ -11,7 +11,7 @@ import pytest
 from PIL import Image
 
 import explainers
-from explainers.cam import score_cam_weights
+from explainers.methods.cam import score_cam_weights
 from explainers.registry import ExplainRequest, get_method
 
 from .conftest import ROOT

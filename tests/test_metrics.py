@@ -7,9 +7,8 @@ import numpy as np
 import pytest
 
 import explainers
-from explainers.demo_data import generate_dataset
-from explainers.maps import gaussian_blur
-from explainers.metrics import (
+from explainers.core.maps import gaussian_blur
+from explainers.evaluation.metrics import (
     aggregate,
     deletion_curve,
     evaluate_maps,
@@ -18,6 +17,7 @@ from explainers.metrics import (
     random_map,
     trapezoid_auc,
 )
+from explainers.io.demo_data import generate_dataset
 
 # Seeds never used for training or validation by assets/make_demo_models.py (0-3, 10, 20, 100,
 # 200) nor by the other demo-model tests.

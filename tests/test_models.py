@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 import explainers
-from explainers.models import detect_preprocessing, read_labels
+from explainers.io.models import detect_preprocessing, read_labels
 
 from . import models_zoo
 from .models_zoo import random_image
@@ -88,7 +88,7 @@ def test_nested_keras_application_base():
 )
 def test_preprocessing_is_detected(builder, expected):
     model = builder()
-    layers, _ = explainers.graph.describe_layers(
+    layers, _ = explainers.core.graph.describe_layers(
         model, np.zeros((1, *model.inputs[0].shape[1:]), np.float32)
     )
     mode, reason = detect_preprocessing(layers)
@@ -97,7 +97,7 @@ def test_preprocessing_is_detected(builder, expected):
 
 def test_preprocessing_modes_match_keras_applications():
     pixels = random_image(8, 8).astype(np.float32)
-    from explainers.models import apply_preprocessing
+    from explainers.io.models import apply_preprocessing
 
     for mode, module in (
         ("caffe", keras.applications.resnet50),
@@ -138,7 +138,7 @@ def test_labels_from_txt_json_and_list(tmp_path, zoo_bundles):
 
 
 def test_imagenet_names_are_built_in():
-    from explainers.models import default_class_names
+    from explainers.io.models import default_class_names
 
     names = default_class_names(1000)
     assert len(names) == 1000 and names[0] == "tench" and names[207] == "golden retriever"

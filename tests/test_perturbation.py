@@ -13,10 +13,11 @@ import pytest
 import tensorflow as tf
 
 import explainers
-from explainers.demo_data import generate_dataset
-from explainers.metrics import energy_in_mask, pointing_game
-from explainers.rise import cell_size, sample_grids, upsample_masks
-from explainers.superpixels import compose, fill_pixels, segment_superpixels
+from explainers.core.fills import fill_pixels
+from explainers.evaluation.metrics import energy_in_mask, pointing_game
+from explainers.io.demo_data import generate_dataset
+from explainers.methods.rise import cell_size, sample_grids, upsample_masks
+from explainers.methods.superpixels import compose, segment_superpixels
 
 RNG = np.random.default_rng(7)
 
@@ -176,7 +177,7 @@ def test_rise_reports_progress_per_batch(region_setup):
 
 def test_rise_mask_sum_and_inputs_match_the_full_size_masks(monkeypatch):
     """The factored weighted sum and the in-graph masked inputs equal the explicit masks."""
-    import explainers.rise as rise
+    import explainers.methods.rise as rise
 
     size, grid_size = (27, 41), 5
     cells = cell_size(size, grid_size)
@@ -251,7 +252,7 @@ def test_the_top_superpixel_is_the_one_the_model_reads(block_setup, method):
 
 
 def test_coalition_inputs_built_in_the_graph_equal_compose():
-    from explainers.superpixels import coalition_inputs
+    from explainers.methods.superpixels import coalition_inputs
 
     segments = RNG.integers(0, 7, (13, 17))
     shown = RNG.normal(size=(13, 17, 3)).astype(np.float32)
@@ -280,7 +281,7 @@ def test_kernel_shap_is_exact_with_few_superpixels():
     assert 3 <= k <= 6
     assert result.extras["coalitions"] == 2**k - 2
     shown = bundle.model_input(image)[0]
-    hidden = bundle.preprocess(fill_pixels(image, segments, "gray"))
+    hidden = bundle.preprocess(fill_pixels("gray", image, segments=segments))
     coalitions = np.array(list(itertools.product([0, 1], repeat=k)), bool)
     _, probs = bundle.runner.forward(compose(coalitions, segments, shown, hidden))
     value = {tuple(c): p for c, p in zip(coalitions.astype(int), probs[:, 1], strict=True)}

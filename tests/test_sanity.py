@@ -10,10 +10,7 @@ import pytest
 from PIL import Image
 
 import explainers
-from explainers.demo_data import generate_dataset
-from explainers.models import _layer_object
-from explainers.registry import REGISTRY, MethodSpec
-from explainers.sanity import (
+from explainers.evaluation.sanity import (
     blocks_required,
     model_randomisation_test,
     randomised_copy,
@@ -22,6 +19,9 @@ from explainers.sanity import (
     steps_held,
     weighted_blocks,
 )
+from explainers.io.demo_data import generate_dataset
+from explainers.io.models import layer_object
+from explainers.registry import REGISTRY, MethodSpec
 
 from .conftest import ROOT
 from .models_zoo import nested_base, random_image, seeded
@@ -69,9 +69,9 @@ def test_randomised_copies_leave_the_users_model_alone():
             continue
         mine = copy.layer(info.path)
         assert mine.path == info.path
-        new = [np.asarray(w) for w in _layer_object(copy.model, info.path).get_weights()]
-        old = [np.asarray(w) for w in _layer_object(bundle.model, info.path).get_weights()]
-        seeded = [np.asarray(w) for w in _layer_object(again.model, info.path).get_weights()]
+        new = [np.asarray(w) for w in layer_object(copy.model, info.path).get_weights()]
+        old = [np.asarray(w) for w in layer_object(bundle.model, info.path).get_weights()]
+        seeded = [np.asarray(w) for w in layer_object(again.model, info.path).get_weights()]
         kernels_equal = np.array_equal(new[0], old[0])
         assert kernels_equal == (info.path not in changed), info.path
         for n, s in zip(new, seeded, strict=True):
@@ -139,7 +139,7 @@ def depends_on_blocks_below(ignored_top: int) -> MethodSpec:
         digest = hashlib.blake2b(digest_size=8)
         for block in weighted_blocks(request.bundle)[ignored_top:]:
             for path in block.paths:
-                for weight in _layer_object(request.bundle.model, path).get_weights():
+                for weight in layer_object(request.bundle.model, path).get_weights():
                     digest.update(np.ascontiguousarray(weight).tobytes())
         rng = np.random.default_rng(int.from_bytes(digest.digest(), "little"))
         return rng.normal(size=request.x.shape[1:3]).astype(np.float32), {}

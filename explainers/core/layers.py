@@ -1,6 +1,6 @@
 """What the pages need to know about a model's layers, without Keras: plain data.
 
-:func:`explainers.graph.describe_layers` builds these from a live model (in a worker process);
+:func:`explainers.core.graph.describe_layers` builds these from a live model (in a worker process);
 the dashboard process reads them from the worker's reply and must not import Keras to do so.
 """
 

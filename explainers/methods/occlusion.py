@@ -9,11 +9,13 @@ from typing import Any
 
 import numpy as np
 import tensorflow as tf
-from PIL import Image, ImageFilter
 
-from .compute import batch_size_param, resolve_batch_size
-from .registry import ExplainRequest, MethodSpec, ParamSpec, register
+from explainers import tf_explain_engine
+from explainers.core.fills import fill_pixels
+from explainers.core.runner import batch_size_param, resolve_batch_size
+from explainers.core.specs import ExplainRequest, MethodSpec, ParamSpec, register
 
+#: The fills occlusion offers (:data:`explainers.core.fills.FILLS`).
 FILLS = ("gray", "black", "mean", "blur")
 
 
@@ -24,22 +26,6 @@ def patch_positions(size: int, patch: int, stride: int) -> list[int]:
     if positions[-1] != size - patch:
         positions.append(size - patch)  # cover the far edge too
     return positions
-
-
-def _fill_pixels(name: str, image: np.ndarray) -> np.ndarray:
-    pixels = image.astype(np.float32)
-    if name == "gray":
-        return np.full_like(pixels, 127.5)
-    if name == "black":
-        return np.zeros_like(pixels)
-    if name == "mean":
-        return np.broadcast_to(pixels.mean(axis=(0, 1)), pixels.shape).copy()
-    if name == "blur":
-        radius = max(2.0, 0.05 * max(image.shape[:2]))
-        return np.asarray(
-            Image.fromarray(image).filter(ImageFilter.GaussianBlur(radius)), np.float32
-        )
-    raise ValueError(f"unknown fill {name!r}")
 
 
 def occluded_inputs(
@@ -95,7 +81,7 @@ def occlusion_map(request: ExplainRequest) -> tuple[np.ndarray, dict[str, Any]]:
     patch = int(params["patch_size"])
     stride = int(params["stride"]) or patch
     use_logit = params["score"] == "logit"
-    filled = bundle.preprocess(_fill_pixels(params["fill"], request.image))
+    filled = bundle.preprocess(fill_pixels(params["fill"], request.image))
     rows, cols = patch_positions(h, patch, stride), patch_positions(w, patch, stride)
     corners = np.array([(r, c) for r in rows for c in cols], np.int32).reshape(-1, 2)
     ph, pw = min(patch, h), min(patch, w)
@@ -136,6 +122,13 @@ register(
         "ECCV 2014",
         reference_url="https://arxiv.org/abs/1311.2901",
         cost="1 + one forward per patch position (batched)",
+        tf_explain=tf_explain_engine.OCCLUSION,
+        score_param="score",
+        perturbation="occluded patch",
+        units="drop in the {score} when a patch over the pixel is hidden (mean)",
+        effect="largest",
+        reports_progress=True,
+        fast_params={"patch_size": 8, "stride": 8},
         passes=lambda p, b: (
             1
             + (
@@ -195,7 +188,6 @@ register(
             batch_size_param(),
         ),
         compute=occlusion_map,
-        engines=("native", "tf_explain"),
         formula=r"A(i,j) = \operatorname{mean}_{P \ni (i,j)} \big[p_c(x) - p_c(x_{P\to fill})\big]",
         caveats="Patch size sets the scale of what it can find: objects much smaller than the "
         "patch blur together; much larger ones survive any single patch. The fill itself is "

@@ -25,10 +25,10 @@ from typing import Any
 import numpy as np
 import tensorflow as tf
 
-from .compute import batch_size_param, chunks, resolve_batch_size
-from .errors import ParameterError
-from .occlusion import _fill_pixels
-from .registry import ExplainRequest, MethodSpec, ParamSpec, register
+from explainers.core.fills import check_fill, fill_pixels
+from explainers.core.runner import batch_size_param, chunks, resolve_batch_size
+from explainers.core.specs import ExplainRequest, MethodSpec, ParamSpec, register
+from explainers.errors import ParameterError
 
 SEGMENTATIONS = ("slic", "quickshift")
 #: What a hidden superpixel shows: a blurred copy (the default), mid-gray, black, or its own mean
@@ -76,23 +76,10 @@ def segment_superpixels(
     return consecutive.reshape(labels.shape).astype(np.int64)
 
 
-def fill_pixels(image: np.ndarray, segments: np.ndarray, name: str) -> np.ndarray:
-    """What hidden superpixels show, float32 (h, w, 3) in 0..255, for uint8 ``image`` (h, w, 3)."""
-    if name == "superpixel_mean":
-        pixels = image.reshape(-1, 3).astype(np.float64)
-        flat = segments.ravel()
-        counts = np.bincount(flat, minlength=int(flat.max()) + 1)
-        means = (
-            np.stack(
-                [np.bincount(flat, weights=pixels[:, c], minlength=counts.size) for c in range(3)],
-                axis=1,
-            )
-            / np.maximum(counts, 1)[:, None]
-        )
-        return means[segments].astype(np.float32)
-    if name not in FILLS:
-        raise ValueError(f"unknown fill {name!r}; expected one of {FILLS}")
-    return _fill_pixels(name, image)
+def _hidden_pixels(image: np.ndarray, segments: np.ndarray, name: str) -> np.ndarray:
+    """What hidden superpixels show, float32 (h, w, 3) in 0..255, for uint8 ``image``."""
+    check_fill(name, FILLS)
+    return fill_pixels(name, image, segments=segments)
 
 
 def compose(
@@ -171,7 +158,7 @@ def _superpixels_and_fill(request: ExplainRequest) -> tuple[np.ndarray, np.ndarr
             f"{method} found a single superpixel in this {segments.shape[0]}×{segments.shape[1]} "
             f"image, so nothing can be localised; {hint}"
         )
-    return segments, fill_pixels(request.image, segments, str(params["fill"]))
+    return segments, _hidden_pixels(request.image, segments, str(params["fill"]))
 
 
 def _segmentation_params(fill_default: str) -> tuple[ParamSpec, ...]:
@@ -318,6 +305,12 @@ register(
         reference_url="https://arxiv.org/abs/1602.04938",
         cost="n_samples forwards (batched) + a ridge fit",
         passes=lambda p, b: (int(p["n_samples"]), 0),
+        explains="probability",
+        perturbation="superpixel coalition",
+        units="change in probability for showing the superpixel (surrogate weight)",
+        effect="largest",
+        reports_progress=True,
+        fast_params={"n_samples": 40, "n_segments": 16},
         params=(
             ParamSpec(
                 "n_samples",
@@ -446,6 +439,12 @@ register(
         reference_url="https://arxiv.org/abs/1705.07874",
         cost="max_evals forwards (batched; at least 2 × superpixels + 2, at most 2^superpixels)",
         passes=lambda p, b: (int(p["max_evals"]) + 2, 0),
+        explains="probability",
+        perturbation="superpixel coalition",
+        units="probability (Shapley value of the pixel's superpixel)",
+        effect="largest",
+        reports_progress=True,
+        fast_params={"max_evals": 40, "n_segments": 16},
         params=(
             ParamSpec(
                 "max_evals",

@@ -13,9 +13,9 @@ from typing import TYPE_CHECKING, Any, Literal
 import numpy as np
 from PIL import Image
 
-from .errors import ExplainerError, ModelLoadError, ParameterError, UnsupportedModelError
-from .graph import INPUT_NAME, LayerInfo, describe_layers, is_graph_model
-from .model_files import (
+from explainers.core.graph import INPUT_NAME, LayerInfo, describe_layers, is_graph_model
+from explainers.errors import ExplainerError, ModelLoadError, ParameterError, UnsupportedModelError
+from explainers.io.model_files import (
     KERAS_APPLICATIONS,
     MODEL_SUFFIXES,
     PREPROCESSING_CHOICES,
@@ -27,7 +27,7 @@ from .model_files import (
 if TYPE_CHECKING:
     import keras
 
-    from .compute import ModelRunner
+    from explainers.core.runner import ModelRunner
 
 #: What the explained output emits: ``softmax``/``sigmoid`` probabilities whose pre-activation
 #: scores we can recover exactly, raw ``logits``, or ``probabilities`` we cannot undo (we then
@@ -117,7 +117,7 @@ class ModelBundle:
 
     @cached_property
     def runner(self) -> ModelRunner:
-        from .compute import ModelRunner
+        from explainers.core.runner import ModelRunner
 
         return ModelRunner(self)
 
@@ -294,7 +294,7 @@ def load_model(
 ) -> ModelBundle:
     """Load a ``.keras`` or legacy ``.h5``/``.hdf5`` Keras model file into a :class:`ModelBundle`.
 
-    The file is inspected by :func:`explainers.safety.inspect_model_file` before Keras reads a
+    The file is inspected by :func:`explainers.io.safety.inspect_model_file` before Keras reads a
     byte of it: files with Lambda layers, serialised functions, classes from outside Keras, unsafe
     archive entries, decompression bombs or impossible weight shapes are refused with an
     :class:`~explainers.errors.UnsafeModelError` that says what was found and where.
@@ -316,11 +316,11 @@ def load_model(
         An operator's decision, never a user's: skip the checks for code and custom objects and
         load with Keras ``safe_mode=False``, so a Lambda layer's bytecode runs. The archive
         structure, size and weights checks still apply. The dashboard reads it from
-        ``EXPLAINER_TRUST_MODEL_FILES`` (see :func:`explainers.safety.trust_from_environment`).
+        ``EXPLAINER_TRUST_MODEL_FILES`` (see :func:`explainers.io.safety.trust_from_environment`).
     max_bytes
-        Largest file size accepted (default :data:`explainers.safety.DEFAULT_MAX_BYTES`, 1 GiB).
+        Largest file size accepted (default :data:`explainers.io.safety.DEFAULT_MAX_BYTES`, 1 GiB).
     """
-    from .safety import DEFAULT_MAX_BYTES, inspect_model_file
+    from explainers.io.safety import DEFAULT_MAX_BYTES, inspect_model_file
 
     path = Path(path)
     if not path.exists():
@@ -423,7 +423,7 @@ def _output_kind(
     layers: list[LayerInfo], model: keras.Model, output_layer: str, probe_output: np.ndarray
 ) -> OutputKind:
     info = next(i for i in layers if i.path == output_layer)
-    layer = _layer_object(model, output_layer)
+    layer = layer_object(model, output_layer)
     activation = _activation_name(layer)
     strippable = info.class_name in ("Dense", "Activation", "Softmax")
     if activation in ("softmax", "sigmoid") and strippable:
@@ -437,7 +437,7 @@ def _output_kind(
     return "probabilities" if looks_like_probabilities else "logits"
 
 
-def _layer_object(model: keras.Model, path: str) -> Any:
+def layer_object(model: keras.Model, path: str) -> Any:
     layer: Any = model
     for part in path.split("/"):
         layer = layer.get_layer(part)

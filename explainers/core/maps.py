@@ -76,3 +76,32 @@ def gaussian_blur(values: np.ndarray, sigma: float) -> np.ndarray:
         padded = np.pad(out, pad, mode="reflect" if out.shape[axis] > radius else "edge")
         out = np.apply_along_axis(lambda row: np.convolve(row, kernel, mode="valid"), axis, padded)
     return out.astype(np.float32)
+
+
+def effect_size(
+    rule: str, raw: np.ndarray, x: np.ndarray, total: float | None = None
+) -> tuple[float, str]:
+    """A map's size in units of the score it explains, and what was measured, by ``rule``
+    (:data:`explainers.core.specs.Effect`). ``raw`` is the map (h, w), ``x`` the model input it
+    explains; ``total`` replaces Σ|map| where a wrapper knows better (squared SmoothGrad).
+
+    Attribution maps that spread the score over many pixels are measured by their total
+    (gradients by the first-order effect Σ|∂S/∂x| × the input's value range), maps whose every
+    value is itself a score change (patches, masks, superpixels) by their largest value.
+    """
+    magnitude = np.abs(raw.astype(np.float64))
+    if total is None:
+        total = float(magnitude.sum())
+    cells = raw.shape[0] * raw.shape[1]
+    if rule == "total":
+        return total, "total attribution"
+    if rule == "first_order":
+        value_range = float(x.max() - x.min()) or 1.0
+        return total * value_range, "first-order effect (Σ|gradient| × the input's range)"
+    if rule == "total_per_cell":  # CAM: the map's mean is the logit minus the bias
+        return total / cells, "total attribution / (h·w)"
+    if rule == "twice_total_per_cell":  # Grad-CAM++: ≈ (h·w / 2) × Grad-CAM for a pooled head
+        return 2.0 * total / cells, "total attribution × 2 / (h·w)"
+    if rule == "largest":
+        return float(magnitude.max()), "largest value"
+    raise ValueError(f"unknown effect rule {rule!r}")

@@ -28,14 +28,12 @@ from typing import TYPE_CHECKING, Any, Literal
 import numpy as np
 import tensorflow as tf
 
-from .graph import replay
-from .registry import ParamSpec
+from explainers.core.graph import replay
+from explainers.core.specs import ParamSpec, ProgressCallback
 
 if TYPE_CHECKING:
-    from .models import ModelBundle
+    from explainers.io.models import ModelBundle
 
-#: ``progress(fraction_done, message)``; fraction in [0, 1].
-ProgressCallback = Callable[[float, str], None]
 #: ``builder(*batched_slices, *shared) -> model inputs (B, h, w, C)``, a pure TensorFlow function.
 BatchBuilder = Callable[..., tf.Tensor]
 #: What :meth:`ModelRunner.built_gradients` sums: the gradient, or the gradient times the input.
@@ -143,7 +141,7 @@ class ModelRunner:
     # ------------------------------------------------------------------------------------------
     # The traced computation
     # ------------------------------------------------------------------------------------------
-    def _scores(
+    def scores_of(
         self, x: tf.Tensor, *, capture: str | None = None, guided: bool = False
     ) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor | None]:
         """(class_scores, probabilities, captured activation) for a batch of model inputs.
@@ -226,7 +224,7 @@ class ModelRunner:
         def build() -> Callable[..., Any]:
             @tf.function(reduce_retracing=True)
             def forward(batched: tuple[tf.Tensor], shared: tuple[()]) -> tuple[tf.Tensor, ...]:
-                scores, probs, _ = self._scores(batched[0])
+                scores, probs, _ = self.scores_of(batched[0])
                 return scores, probs
 
             return forward
@@ -242,7 +240,7 @@ class ModelRunner:
                 x, (target,) = batched[0], shared
                 with tf.GradientTape(watch_accessed_variables=False) as tape:
                     tape.watch(x)
-                    scores, probs, _ = self._scores(x, guided=guided)
+                    scores, probs, _ = self.scores_of(x, guided=guided)
                     score = scores[:, target]
                 return scores, probs, tape.gradient(score, x)
 
@@ -259,7 +257,7 @@ class ModelRunner:
                 x, (target,) = batched[0], shared
                 with tf.GradientTape(watch_accessed_variables=False) as tape:
                     tape.watch(x)  # keeps the activation on the tape; never differentiated
-                    scores, probs, activation = self._scores(x, capture=layer)
+                    scores, probs, activation = self.scores_of(x, capture=layer)
                     score = scores[:, target]
                 return scores, probs, activation, tape.gradient(score, activation)
 
@@ -271,7 +269,7 @@ class ModelRunner:
         def build() -> Callable[..., Any]:
             @tf.function(reduce_retracing=True)
             def activations(batched: tuple[tf.Tensor], shared: tuple[()]) -> tuple[tf.Tensor, ...]:
-                scores, probs, activation = self._scores(batched[0], capture=layer)
+                scores, probs, activation = self.scores_of(batched[0], capture=layer)
                 return scores, probs, activation
 
             return activations
@@ -289,7 +287,7 @@ class ModelRunner:
                 x, (target,) = batched[0], shared
                 with tf.GradientTape(watch_accessed_variables=False) as tape:
                     tape.watch(x)  # keeps the activation on the tape; never differentiated
-                    scores, probs, activation = self._scores(x, capture=layer)
+                    scores, probs, activation = self.scores_of(x, capture=layer)
                     score = scores[:, target]
                 grads = tape.gradient(score, activation) if needs_gradients else None
                 return scores, probs, reduce(activation, grads, target), tf.shape(activation)
@@ -304,7 +302,7 @@ class ModelRunner:
             def built_forward(
                 batched: tuple[tf.Tensor, ...], shared: tuple[tf.Tensor, ...]
             ) -> tuple[tf.Tensor, ...]:
-                scores, probs, _ = self._scores(builder(*batched, *shared))
+                scores, probs, _ = self.scores_of(builder(*batched, *shared))
                 return scores, probs
 
             return built_forward
@@ -324,7 +322,7 @@ class ModelRunner:
                 inputs = builder(*items, *rest)
                 with tf.GradientTape(watch_accessed_variables=False) as tape:
                     tape.watch(inputs)
-                    scores, _, _ = self._scores(inputs, guided=guided)
+                    scores, _, _ = self.scores_of(inputs, guided=guided)
                     score = scores[:, target]
                 # Items are independent (inference mode), so the gradient of the summed score
                 # holds each item's own gradient.

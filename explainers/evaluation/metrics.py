@@ -15,13 +15,14 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 
-from .errors import ParameterError
-from .images import check_image_array
-from .maps import gaussian_blur, resize_map
+from explainers.core.fills import blurred
+from explainers.core.maps import resize_map
+from explainers.errors import ParameterError
+from explainers.io.images import check_image_array
 
 if TYPE_CHECKING:
-    from .compute import ProgressCallback
-    from .models import ModelBundle
+    from explainers.core.specs import ProgressCallback
+    from explainers.io.models import ModelBundle
 
 
 def _check(attribution: np.ndarray, mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -140,10 +141,7 @@ def _substrate(
     if substrate == "constant":
         return np.full((*pixels.shape[:2], bundle.channels), value, np.float32)
     sigma = blur_sigma if blur_sigma is not None else default_blur_sigma(pixels.shape[:2])
-    blurred = np.stack(
-        [gaussian_blur(pixels[:, :, c].astype(np.float32), sigma) for c in range(3)], axis=-1
-    )
-    return bundle.preprocess(blurred).astype(np.float32)
+    return bundle.preprocess(blurred(pixels, sigma)).astype(np.float32)
 
 
 def _step_counts(n_pixels: int, step: int | float) -> np.ndarray:
@@ -243,7 +241,7 @@ def perturbation_curve(
     -------
     Curve
     """
-    from .explanation import resolve_target
+    from explainers.explanation import resolve_target
 
     if kind not in ("deletion", "insertion"):
         raise ParameterError(f"kind must be 'deletion' or 'insertion', got {kind!r}")

@@ -22,7 +22,7 @@ import keras
 import numpy as np
 from keras.src.models.functional import Functional
 
-from .layers import INPUT_NAME, LayerInfo
+from explainers.core.layers import INPUT_NAME, LayerInfo
 
 #: ``hook(path, layer, output) -> output``: called after every layer; return the output to use.
 Hook = Callable[[str, keras.Layer, Any], Any]

@@ -26,15 +26,16 @@ upsampled and sent through the model at a time.
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
 import tensorflow as tf
 
-from .compute import batch_size_param, resolve_batch_size
-from .models import ModelBundle
-from .occlusion import _fill_pixels
-from .registry import ExplainRequest, MethodSpec, ParamSpec, register
+from explainers.core.fills import check_fill, fill_pixels
+from explainers.core.runner import batch_size_param, resolve_batch_size
+from explainers.core.specs import ExplainRequest, MethodSpec, ParamSpec, register
+from explainers.io.models import ModelBundle
 
 #: What a masked-out pixel shows. ``zero`` is the paper's choice (the mask multiplies the model
 #: input, so hidden pixels are 0 in the model's input space: black for [0, 1] inputs, mid-gray for
@@ -159,9 +160,8 @@ def substrate_input(bundle: ModelBundle, image: np.ndarray, x: np.ndarray, name:
     """
     if name == "zero":
         return np.zeros_like(x, dtype=np.float32)
-    if name not in SUBSTRATES:
-        raise ValueError(f"unknown substrate {name!r}; expected one of {SUBSTRATES}")
-    return bundle.preprocess(_fill_pixels(name, image)).astype(np.float32)
+    check_fill(name, SUBSTRATES, "substrate")
+    return bundle.preprocess(fill_pixels(name, image)).astype(np.float32)
 
 
 def rise_inputs(
@@ -261,6 +261,12 @@ def rise_map(request: ExplainRequest) -> tuple[np.ndarray, dict[str, Any]]:
 # masks for ResNet50 at 224 px.
 DEFAULT_MASKS = 2000
 
+
+def _rise_units(params: Mapping[str, Any], score: str, wrapped: str) -> str:
+    centred = ", minus the mean masked probability" if params.get("center") else ""
+    return f"probability (mask-weighted average{centred})"
+
+
 register(
     MethodSpec(
         name="rise",
@@ -273,6 +279,12 @@ register(
         reference_url="https://arxiv.org/abs/1806.07421",
         cost="one forward per mask (batched)",
         passes=lambda p, b: (int(p["n_masks"]), 0),
+        explains="probability",
+        perturbation="random mask",
+        units=_rise_units,
+        effect="largest",
+        reports_progress=True,
+        fast_params={"n_masks": 24, "batch_size": 8},
         params=(
             ParamSpec(
                 "n_masks",

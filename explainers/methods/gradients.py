@@ -10,15 +10,17 @@ from __future__ import annotations
 
 import threading
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import numpy as np
 import tensorflow as tf
-from PIL import Image, ImageFilter
 
-from .compute import ProgressCallback, Transform, batch_size_param, chunks, resolve_batch_size
-from .registry import ExplainRequest, MethodSpec, ParamSpec, register
+from explainers import tf_explain_engine
+from explainers.core.fills import check_fill, fill_pixels
+from explainers.core.maps import effect_size
+from explainers.core.runner import Transform, batch_size_param, chunks, resolve_batch_size
+from explainers.core.specs import ExplainRequest, MethodSpec, ParamSpec, ProgressCallback, register
 
 #: ``attribution(request, x, progress) -> (N, h, w, C)`` for inputs x of shape (N, h, w, C).
 InputAttribution = Callable[[ExplainRequest, np.ndarray, ProgressCallback | None], np.ndarray]
@@ -92,20 +94,8 @@ def quadrature(rule: str, steps: int) -> tuple[np.ndarray, np.ndarray]:
 
 def baseline_pixels(name: str, image: np.ndarray, seed: int = 0) -> np.ndarray:
     """The IG reference image in pixel space, float32 (h, w, 3) in 0..255."""
-    if name == "black":
-        return np.zeros(image.shape, np.float32)
-    if name == "white":
-        return np.full(image.shape, 255.0, np.float32)
-    if name == "gray":
-        return np.full(image.shape, 127.5, np.float32)
-    if name == "blur":
-        radius = max(2.0, 0.05 * max(image.shape[:2]))
-        return np.asarray(
-            Image.fromarray(image).filter(ImageFilter.GaussianBlur(radius)), np.float32
-        )
-    if name == "uniform_noise":
-        return np.random.default_rng(seed).uniform(0, 255, image.shape).astype(np.float32)
-    raise ValueError(f"unknown baseline {name!r}")
+    check_fill(name, BASELINES, "baseline")
+    return fill_pixels(name, image, seed=seed)
 
 
 def path_points(alphas: tf.Tensor, x: tf.Tensor, x_ref: tf.Tensor) -> tf.Tensor:
@@ -331,9 +321,11 @@ register(
         reference_url="https://arxiv.org/abs/1312.6034",
         cost="1 forward + 1 backward",
         passes=lambda p, b: (1, 1),
+        tf_explain=tf_explain_engine.VANILLA_GRADIENTS,
+        units="gradient of the {score}: {score} per unit of model input, summed over channels",
+        effect="first_order",
         params=(batch_size_param(),),
         compute=_as_map(vanilla_gradients),
-        engines=("native", "tf_explain"),
         formula=r"A(x) = \frac{\partial S_c(x)}{\partial x}",
         caveats="Noisy and local: it shows sensitivity, not contribution. Saturated units give "
         "zero gradient even when they matter. " + _SIGNED_NOTE,
@@ -350,9 +342,11 @@ register(
         reference_url="https://arxiv.org/abs/1605.01713",
         cost="1 forward + 1 backward",
         passes=lambda p, b: (1, 1),
+        tf_explain=tf_explain_engine.GRADIENT_X_INPUT,
+        units="{score} contributions, summed over colour channels",
+        effect="total",
         params=(batch_size_param(),),
         compute=_as_map(gradient_x_input),
-        engines=("native", "tf_explain"),
         formula=r"A(x) = x \odot \frac{\partial S_c(x)}{\partial x}",
         caveats="Depends on the preprocessing: pixels that preprocess to 0 get no attribution. "
         + _SIGNED_NOTE,
@@ -369,6 +363,11 @@ register(
         reference_url="https://arxiv.org/abs/1703.01365",
         cost="steps × (forward + backward) + 2 forwards",
         passes=lambda p, b: (int(p["steps"]) + 2, int(p["steps"])),
+        tf_explain=tf_explain_engine.INTEGRATED_GRADIENTS,
+        units="{score} contributions, summed over colour channels",
+        effect="total",
+        reports_progress=True,
+        fast_params={"steps": 4},
         params=(
             ParamSpec(
                 "steps", "int", 32, "Gradient evaluations along the path.", low=1, high=1024, step=1
@@ -400,7 +399,6 @@ register(
             batch_size_param(),
         ),
         compute=_integrated_gradients_compute,
-        engines=("native", "tf_explain"),
         formula=r"A_i(x) = (x_i - x'_i)\int_0^1 \frac{\partial S_c(x' + \alpha (x - x'))}"
         r"{\partial x_i}\, d\alpha",
         caveats="The result depends on the baseline: features equal to the baseline get zero "
@@ -420,6 +418,9 @@ register(
         reference_url="https://arxiv.org/abs/1412.6806",
         cost="1 forward + 1 backward",
         passes=lambda p, b: (1, 1),
+        units="guided gradient of the {score}: {score} per unit of model input, summed over "
+        "channels",
+        effect="first_order",
         params=(batch_size_param(),),
         compute=_as_map(guided_backprop),
         requirement=lambda b, layer: (
@@ -433,6 +434,27 @@ register(
         "it explains the decision. Only ReLU/ReLU6 units are modified.",
     )
 )
+
+
+def _smoothgrad_units(params: Mapping[str, Any], score: str, wrapped: str) -> str:
+    if params.get("squared"):
+        return f"squared {wrapped}, averaged over noisy copies"
+    return wrapped
+
+
+def _smoothgrad_effect(
+    raw: np.ndarray, x: np.ndarray, params: Mapping[str, Any], wrapped: str | None
+) -> tuple[float, str] | None:
+    """The wrapped method's measure; squared maps hold mean g², and Σ|g| ≤ √n ‖g‖₂."""
+    if wrapped is None:
+        return None
+    if params.get("squared"):
+        cells = raw.shape[0] * raw.shape[1]
+        total = float(np.sqrt(cells * np.abs(raw.astype(np.float64)).sum()))
+        return effect_size(wrapped, raw, x, total=total)
+    return effect_size(wrapped, raw, x)
+
+
 register(
     MethodSpec(
         name="smoothgrad",
@@ -443,6 +465,12 @@ register(
         reference="Smilkov et al., SmoothGrad: removing noise by adding noise, ICML-W 2017",
         reference_url="https://arxiv.org/abs/1706.03825",
         cost="n_samples × the base method",
+        tf_explain=tf_explain_engine.SMOOTHGRAD,
+        wraps_param="base",
+        units=_smoothgrad_units,
+        effect=_smoothgrad_effect,
+        reports_progress=True,
+        fast_params={"n_samples": 3},
         passes=lambda p, b: (
             (
                 int(p["n_samples"])
@@ -500,7 +528,6 @@ register(
         ),
         compute=_as_map(smoothgrad_attribution),
         requirement=lambda b, layer: None,
-        engines=("native", "tf_explain"),
         formula=r"\hat A(x) = \frac{1}{n}\sum_{k=1}^{n} A\big(x + \mathcal{N}(0, \sigma^2)\big)",
         caveats="Cost grows linearly with n_samples. With guided backprop as the base it inherits "
         "guided backprop's failure of the randomisation sanity check.",

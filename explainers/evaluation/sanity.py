@@ -90,15 +90,15 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 
-from .errors import ParameterError, UnsupportedModelError
-from .images import check_image_array
+from explainers.errors import ParameterError, UnsupportedModelError
+from explainers.io.images import check_image_array
 
 if TYPE_CHECKING:
     import keras
 
-    from .compute import ProgressCallback
-    from .explanation import Explanation
-    from .models import ModelBundle
+    from explainers.core.specs import ProgressCallback
+    from explainers.explanation import Explanation
+    from explainers.io.models import ModelBundle
 
 RandomisationMode = Literal["cascading", "independent"]
 #: Default share of the cascade, from the output side, through which a method's map must stay
@@ -299,7 +299,7 @@ def weighted_blocks(bundle: ModelBundle) -> list[Block]:
             "the randomisation test needs a Functional or Sequential model whose layers can be "
             "reached and cloned; this model is subclassed"
         )
-    from .models import _layer_object
+    from explainers.io.models import layer_object
 
     blocks: list[Block] = []
     owner: dict[str, int] = {}  # layer path -> index of its block
@@ -307,7 +307,7 @@ def weighted_blocks(bundle: ModelBundle) -> list[Block]:
         # Normalization holds preprocessing statistics, not weights the training learnt.
         if info.is_model or info.n_params == 0 or info.class_name in _NOT_LEARNT:
             continue
-        layer = _layer_object(bundle.model, info.path)
+        layer = layer_object(bundle.model, info.path)
         if not layer.weights:
             continue
         if info.class_name in _NORMALISATION and len(info.inputs) == 1:
@@ -363,10 +363,10 @@ def _seeded(initializer: Any, seed: int) -> Any:
 def reinitialise(model: keras.Model, paths: Sequence[str], seed: int) -> None:
     """Redraw every weight of the layers at ``paths`` in ``model`` (a copy!) from their
     initializers, seeded from ``seed`` and each weight's path."""
-    from .models import _layer_object
+    from explainers.io.models import layer_object
 
     for path in paths:
-        layer = _layer_object(model, path)
+        layer = layer_object(model, path)
         for variable in layer.weights:
             name = variable.path.rsplit("/", 1)[-1]
             shape = tuple(int(d) for d in variable.shape)
@@ -386,7 +386,7 @@ def randomised_copy(
     """
     import keras
 
-    from .models import bundle_from_model
+    from explainers.io.models import bundle_from_model
 
     try:
         clone = keras.models.clone_model(bundle.model)
@@ -506,7 +506,7 @@ def model_randomisation_test(
         For bad arguments; :class:`~explainers.MethodNotApplicableError` if a method cannot
         explain this model.
     """
-    from .explanation import explain
+    from explainers.explanation import explain
 
     method_list = (methods,) if isinstance(methods, str) else tuple(methods)
     if not method_list:

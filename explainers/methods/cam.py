@@ -18,11 +18,12 @@ from typing import Any
 import numpy as np
 import tensorflow as tf
 
-from .compute import LayerReducer, batch_size_param, resolve_batch_size
-from .gradients import guided_backprop
-from .maps import resize_map
-from .models import ModelBundle, _layer_object
-from .registry import ExplainRequest, MethodSpec, ParamSpec, register
+from explainers import tf_explain_engine
+from explainers.core.maps import resize_map
+from explainers.core.runner import LayerReducer, batch_size_param, resolve_batch_size
+from explainers.core.specs import ExplainRequest, MethodSpec, ParamSpec, register
+from explainers.io.models import ModelBundle, layer_object
+from explainers.methods.gradients import guided_backprop
 
 #: ``weights(bundle, A, dA, target) -> (B, 1, 1, K) or (B, h, w, K)``, TensorFlow, float64; A and
 #: dA are (B, h, w, K) (dA is None for variants declared gradient-free), target a scalar tensor.
@@ -106,7 +107,7 @@ def cam_weights(
     Read from the layer inside the compiled pass, so a change to the model's weights shows.
     """
     assert bundle.cam_head is not None
-    kernel = tf.cast(_layer_object(bundle.model, bundle.cam_head.dense_layer).kernel, tf.float64)
+    kernel = tf.cast(layer_object(bundle.model, bundle.cam_head.dense_layer).kernel, tf.float64)
     if kernel.shape[1] == 1:  # binary: the single logit scores class 1, its negation class 0
         column = tf.where(tf.equal(target, 1), kernel[:, 0], -kernel[:, 0])
     else:
@@ -150,8 +151,8 @@ def score_cam_inputs(maps: tf.Tensor, x: tf.Tensor) -> tf.Tensor:
 
     Each map is min-max normalised to [0, 1] (a constant map becomes 0) at the layer's
     resolution and upsampled bilinearly with half-pixel centres — the same numbers as
-    :func:`explainers.maps.resize_map` — inside the runner's compiled forward: one batched op for
-    all channels, no Python per channel.
+    :func:`explainers.core.maps.resize_map` — inside the runner's compiled forward: one batched op
+    for all channels, no Python per channel.
     """
     low = tf.reduce_min(maps, axis=[1, 2], keepdims=True)
     span = tf.reduce_max(maps, axis=[1, 2], keepdims=True) - low
@@ -281,7 +282,7 @@ def _cam_method(
     caveats: str,
     extra_params: tuple[ParamSpec, ...] = (),
     requirement=None,
-    engines: tuple[str, ...] = ("native",),
+    **spec_fields: Any,
 ) -> MethodSpec:
     """Register a CAM variant from its channel-weight step (or, for Score-CAM, its own compute)."""
 
@@ -305,10 +306,10 @@ def _cam_method(
             params=(RELU, *extra_params),
             compute=compute,
             uses_layer=True,
-            engines=engines,
             formula=formula,
             caveats=_CAM_CAVEAT + caveats,
             **kwargs,
+            **spec_fields,
         )
     )
 
@@ -324,6 +325,8 @@ _cam_method(
     reference_url="https://arxiv.org/abs/1512.04150",
     cost="1 forward",
     passes=lambda p, b: (1, 0),
+    units="activation × output-layer weight (sums to h·w × ({score} − bias))",
+    effect="total_per_cell",
     formula=r"M_c(i,j) = \sum_k w^c_k\, A_k(i,j)",
     caveats="Only for models ending in global average pooling → dense.",
     requirement=_needs_cam_head,
@@ -340,10 +343,12 @@ _cam_method(
     reference_url="https://arxiv.org/abs/1610.02391",
     cost="1 forward + 1 backward (to the layer)",
     passes=lambda p, b: (1, 1),
+    tf_explain=tf_explain_engine.GRAD_CAM,
+    units="activation × mean gradient of the {score}",
+    effect="total",
     formula=r"L^c = \mathrm{ReLU}\Big(\sum_k \alpha^c_k A^k\Big),\ "
     r"\alpha^c_k = \frac{1}{Z}\sum_{i,j}\frac{\partial S_c}{\partial A^k_{ij}}",
     caveats="For a GAP → dense head, Grad-CAM on the last layer equals CAM divided by h·w.",
-    engines=("native", "tf_explain"),
 )
 _cam_method(
     "grad_cam_plus_plus",
@@ -357,6 +362,8 @@ _cam_method(
     reference_url="https://arxiv.org/abs/1710.11063",
     cost="1 forward + 1 backward (to the layer)",
     passes=lambda p, b: (1, 1),
+    units="activation × Grad-CAM++ weight of the {score}",
+    effect="twice_total_per_cell",
     formula=r"w^c_k = \sum_{i,j} \alpha^{kc}_{ij}\,\mathrm{ReLU}\Big(\frac{\partial S_c}"
     r"{\partial A^k_{ij}}\Big),\ \alpha^{kc}_{ij} = \frac{g^2}{2g^2 + \sum_{ab} A^k_{ab} g^3}",
     caveats="Uses the closed form for an exponential score; with logits near saturation the "
@@ -374,6 +381,8 @@ _cam_method(
     reference_url="https://doi.org/10.1109/TIP.2021.3089943",
     cost="1 forward + 1 backward (to the layer)",
     passes=lambda p, b: (1, 1),
+    units="activation × positive gradient of the {score}",
+    effect="total",
     formula=r"M^c = \mathrm{ReLU}\Big(\sum_k \mathrm{ReLU}\big(\tfrac{\partial S_c}"
     r"{\partial A^k}\big) \odot A^k\Big)",
     caveats="Most useful on earlier (higher-resolution) layers.",
@@ -389,6 +398,11 @@ _cam_method(
     "Neural Networks, CVPR-W 2020",
     reference_url="https://arxiv.org/abs/1910.01279",
     cost="1 + channels forward passes (batched)",
+    explains="probability",
+    perturbation="masked image",
+    units="activation × class probability of the masked image",
+    reports_progress=True,
+    fast_params={"batch_size": 8},
     passes=lambda p, b: (
         1
         + int(bool(p.get("baseline_subtract", False)))  # the all-zero input, when subtracted
@@ -454,6 +468,7 @@ register(
         reference_url="https://arxiv.org/abs/1610.02391",
         cost="2 forwards + 2 backwards",
         passes=lambda p, b: (2, 2),
+        units="guided gradient × Grad-CAM of the {score}",
         params=(RELU,),
         compute=_guided_grad_cam,
         uses_layer=True,

@@ -47,7 +47,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO, Literal
 
-from .errors import ModelLoadError, ParameterError, UnsafeModelError
+from explainers.errors import ModelLoadError, ParameterError, UnsafeModelError
+from explainers.io.model_files import MODEL_SUFFIXES
 
 # ------------------------------------------------------------------------------------------------
 # Limits
@@ -193,7 +194,7 @@ def inspect_model_file(
     if not path.is_file():
         raise ModelLoadError(f"no model file at {str(path)!r}")
     suffix = path.suffix.lower()
-    if suffix not in (".keras", ".h5", ".hdf5"):
+    if suffix not in MODEL_SUFFIXES:
         raise ModelLoadError(
             f"{path.name!r} is not a Keras model file: expected a .keras, .h5 or .hdf5 file, "
             f"got {suffix or 'no extension'!r}"
@@ -879,7 +880,7 @@ def _walk_config(config: Any, name: str, source: str, trust: bool, version: str 
     Iterative, so the depth of nested models cannot exhaust Python's stack; the whole tree is
     walked, not only ``layers``: activations, initializers, regularizers, constraints, dtype
     policies, wrapped layers (TimeDistributed, Bidirectional) and nested models alike.
-    ``compile_config`` is skipped: :func:`explainers.models.load_model` never compiles.
+    ``compile_config`` is skipped: :func:`explainers.io.models.load_model` never compiles.
     """
     if not isinstance(config, dict) or "class_name" not in config:
         raise ModelLoadError(

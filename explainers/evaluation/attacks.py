@@ -43,13 +43,13 @@ from typing import TYPE_CHECKING, Literal
 
 import numpy as np
 
-from .errors import ParameterError, UnsupportedModelError
-from .images import check_image_array
-from .maps import resize_map
+from explainers.core.maps import resize_map
+from explainers.errors import ParameterError, UnsupportedModelError
+from explainers.io.images import check_image_array
 
 if TYPE_CHECKING:
-    from .compute import ProgressCallback
-    from .models import ModelBundle
+    from explainers.core.specs import ProgressCallback
+    from explainers.io.models import ModelBundle
 
 AttackMethod = Literal["fgsm", "pgd"]
 ATTACK_METHODS: tuple[str, ...] = ("fgsm", "pgd")
@@ -123,8 +123,9 @@ def preprocessing_affine(bundle: ModelBundle) -> tuple[np.ndarray, np.ndarray]:
     """``(M, b)`` with ``bundle.preprocess(p) == p @ M.T + b`` per pixel; M is (C, 3), b is (C,).
 
     Found by probing ``bundle.preprocess`` with the zero pixel and the three unit pixels, then
-    verified on random pixels, so it follows whatever :func:`~explainers.models.apply_preprocessing`
-    does (scaling, mean/std, the caffe RGB→BGR swap, grayscale luma).
+    verified on random pixels, so it follows whatever
+    :func:`~explainers.io.models.apply_preprocessing` does (scaling, mean/std, the caffe RGB→BGR
+    swap, grayscale luma).
 
     Raises
     ------
@@ -159,7 +160,7 @@ _FUNCTIONS_LOCK = threading.Lock()
 def loss_gradient_fn(bundle: ModelBundle) -> LossGradient:
     """The compiled cross-entropy gradient w.r.t. raw pixels for ``bundle`` (built once, cached).
 
-    The class scores come from the runner's traced forward computation (``ModelRunner._scores``,
+    The class scores come from the runner's traced forward computation (``ModelRunner.scores_of``,
     used read-only): logits recovered from a softmax/sigmoid output layer, or log-probabilities.
     The cache holds no reference to the bundle itself, so it goes when the bundle goes.
     """
@@ -170,7 +171,7 @@ def loss_gradient_fn(bundle: ModelBundle) -> LossGradient:
     import tensorflow as tf
 
     runner = bundle.runner
-    scores_of = runner._scores  # (scores, probs, captured) for a batch of model inputs
+    scores_of = runner.scores_of  # (scores, probs, captured) for a batch of model inputs
     matrix, offset = preprocessing_affine(bundle)
     matrix_t = tf.constant(matrix.T)  # (3, C)
     offset_t = tf.constant(offset)  # (C,)
@@ -282,7 +283,7 @@ def attack(
     ParameterError
         For an unknown method, a budget outside its range, or an unknown target class.
     """
-    from .explanation import resolve_target
+    from explainers.explanation import resolve_target
 
     if method not in ATTACK_METHODS:
         raise ParameterError(

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from .errors import ImageError
+from explainers.errors import ImageError
 
 #: Largest image accepted, in pixels. Pillow's own guard against decompression bombs is a warning up
 #: to twice its limit; we refuse outright, before any pixel is decoded.

@@ -1,6 +1,6 @@
 """Facts about model files and choices that need no Keras: file suffixes, hashing, the
 preprocessing vocabulary and the ``keras.applications`` names. The dashboard process reads these
-without importing TensorFlow; :mod:`explainers.models` (worker side) uses the same ones."""
+without importing TensorFlow; :mod:`explainers.io.models` (worker side) uses the same ones."""
 
 from __future__ import annotations
 
