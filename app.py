@@ -1,7 +1,8 @@
 """Streamlit entry point: ``streamlit run app.py``.
 
-The sidebar (model and image inputs) is shared by every page; the pages live in ``app_pages/``
-and the logic they share in the ``dashboard`` package.
+The sidebar (model and image inputs) is shared by every page; the page scripts live in
+``app_pages/``, what only one page uses in ``dashboard.pages`` and the widgets the pages share in
+``dashboard.widgets``.
 
 Why ``app_pages/`` and not ``pages/``: Streamlit treats a ``pages/`` folder next to the entry
 script as a legacy (v1) multipage app until the first ``st.navigation`` call of the process. A
@@ -14,7 +15,9 @@ from __future__ import annotations
 
 import streamlit as st
 
-from dashboard import components, state
+from dashboard import state
+from dashboard.widgets.frame import page_style
+from dashboard.widgets.sidebar import sidebar
 
 
 def run() -> None:
@@ -25,7 +28,7 @@ def run() -> None:
         initial_sidebar_state="expanded",
     )
     state.init()
-    components.page_style()
+    page_style()
     pages = [
         st.Page(
             "app_pages/explain.py", title="Explain", icon=":material/image_search:", default=True
@@ -37,7 +40,7 @@ def run() -> None:
         st.Page("app_pages/guide.py", title="Guide", icon=":material/menu_book:"),
     ]
     page = st.navigation(pages)
-    components.sidebar()
+    sidebar()
     page.run()
 
 

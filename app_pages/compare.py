@@ -4,15 +4,18 @@ from __future__ import annotations
 
 import streamlit as st
 
-from dashboard import components
+from dashboard.computation import Failure, build_request
+from dashboard.pages import compare as compare_page
+from dashboard.pictures import with_shared_scale
 from dashboard.report import ReportEntry
+from dashboard.widgets import display, downloads, frame, parameters, pickers, results, running
 
 PAGE = "compare"
 COLUMNS = 4
 
 
 def page() -> None:
-    header = components.page_header(
+    header = frame.page_header(
         "Compare", "Several methods side by side: same image, same class, same display."
     )
     if header is None:
@@ -21,11 +24,17 @@ def page() -> None:
 
     methods_col, target_col = st.columns([3, 1])
     with methods_col:
-        methods = components.methods_picker(PAGE, model)
+        methods = pickers.methods_multiselect(
+            PAGE,
+            model,
+            "Methods to compare",
+            compare_page.DEFAULT_COMPARISON,
+            applicable_only=False,
+        )
     with target_col:
-        target = components.target_picker(PAGE, model, predictions)
-    settings = components.display_controls(PAGE)
-    shared = components.scale_mode_control(PAGE)
+        target = pickers.target_picker(PAGE, model, predictions)
+    settings = display.display_controls(PAGE)
+    shared = compare_page.scale_mode_control(PAGE)
     if not methods:
         st.info("Pick at least one method above.")
         return
@@ -39,14 +48,14 @@ def page() -> None:
             with column, st.container(border=True, key=f"{PAGE}_card_{method.name}"):
                 st.markdown(f"##### {method.label}")
                 if not method.applicable:
-                    components.unavailable_card(f"Not available for this model: {method.reason}")
+                    results.unavailable_card(f"Not available for this model: {method.reason}")
                     cards.append((method, f"not available: {method.reason}", None))
                     continue
                 with st.expander("Parameters"):
-                    layer = components.layer_picker(PAGE, model, method)
-                    engine = components.engine_picker(PAGE, method)
-                    params = components.param_controls(PAGE, method)
-                request = components.build_request(
+                    layer = pickers.layer_picker(PAGE, model, method)
+                    engine = pickers.engine_picker(PAGE, method)
+                    params = parameters.param_controls(PAGE, method)
+                request = build_request(
                     model, image, method, params, target=target, layer=layer, engine=engine
                 )
                 slot = st.empty()
@@ -64,9 +73,9 @@ def page() -> None:
             slot.warning(request)
             entries.append(ReportEntry(method, problem=request))
             continue
-        outcome = components.compute(request, image, slot, method.label)
-        if isinstance(outcome, components.Failure):
-            components.show_failure(outcome, f"{PAGE}_{method.name}", slot)
+        outcome = running.compute(request, image, slot, method.label)
+        if isinstance(outcome, Failure):
+            running.show_failure(outcome, f"{PAGE}_{method.name}", slot)
             entries.append(ReportEntry(method, problem=outcome.message))
             continue
         if shared:  # drawn once every map is known, on one colour scale
@@ -75,17 +84,17 @@ def page() -> None:
             entries.append(ReportEntry(method, outcome))
             continue
         with slot.container():
-            pictures = components.heatmap_card(PAGE, method, outcome, image, settings)
-        entries.append(ReportEntry(method, outcome, pictures.overlay, pictures.heatmap))
+            pics = compare_page.heatmap_card(PAGE, method, outcome, image, settings)
+        entries.append(ReportEntry(method, outcome, pics.overlay, pics.heatmap))
     if computed:
-        settings = components.with_shared_scale(settings, [c[1] for c in computed])
+        settings = with_shared_scale(settings, [c[1] for c in computed])
         for method, outcome, slot, index in computed:
             with slot.container():
-                pictures = components.heatmap_card(PAGE, method, outcome, image, settings)
-            entries[index] = ReportEntry(method, outcome, pictures.overlay, pictures.heatmap)
+                pics = compare_page.heatmap_card(PAGE, method, outcome, image, settings)
+            entries[index] = ReportEntry(method, outcome, pics.overlay, pics.heatmap)
 
     st.divider()
-    components.report_downloads(PAGE, model, image, predictions, entries, settings, grid=True)
+    downloads.report_downloads(PAGE, model, image, predictions, entries, settings, grid=True)
 
 
 page()

@@ -5,7 +5,10 @@ from __future__ import annotations
 
 import streamlit as st
 
-from dashboard import components
+from dashboard.computation import Failure
+from dashboard.pages import evaluate as evaluate_page
+from dashboard.report import method_labels
+from dashboard.widgets import frame, pickers, running
 
 PAGE = "evaluate"
 
@@ -38,68 +41,68 @@ on copies of the model, so it takes a few seconds — press the button.
 
 
 def page() -> None:
-    header = components.page_header(
+    header = frame.page_header(
         "Evaluate", "Measure the maps: do they find what the model uses, and the object?"
     )
     if header is None:
         return
     model, image, predictions = header
-    labels = components.method_labels(model)
+    labels = method_labels(model)
 
     methods_col, target_col = st.columns([3, 1])
     with methods_col:
-        chosen = components.methods_multiselect(
-            PAGE, model, "Methods to evaluate", components.DEFAULT_EVALUATION
+        chosen = pickers.methods_multiselect(
+            PAGE, model, "Methods to evaluate", evaluate_page.DEFAULT_EVALUATION
         )
     with target_col:
-        target = components.target_picker(PAGE, model, predictions)
-    methods = components.skipped_methods(chosen)
+        target = pickers.target_picker(PAGE, model, predictions)
+    methods = evaluate_page.skipped_methods(chosen)
 
     protocol_col, truth_col = st.columns([1.6, 1])
     with protocol_col, st.container(border=True, key=f"{PAGE}_protocol_box"):
         st.markdown("**Deletion and insertion protocol**")
-        protocol = components.curve_controls(PAGE)
+        protocol = evaluate_page.curve_controls(PAGE)
         st.markdown(METRICS)
     with truth_col, st.container(border=True, key=f"{PAGE}_truth_box"):
         st.markdown("**Ground truth**")
-        mask = components.ground_truth(PAGE, image)
+        mask = evaluate_page.ground_truth(PAGE, image)
 
     st.subheader("Faithfulness and localisation")
     if not methods:
         st.info("Pick at least one method above.")
     else:
         slot = st.empty()
-        maps = components.explanation_maps(PAGE, model, image, methods, target, slot)
+        maps = evaluate_page.explanation_maps(PAGE, model, image, methods, target, slot)
         if maps:
-            outcome = components.run_evaluation(model, image, maps, target, mask, protocol, slot)
-            if isinstance(outcome, components.Failure):
-                components.show_failure(outcome, f"{PAGE}_curves")
+            outcome = evaluate_page.run_evaluation(model, image, maps, target, mask, protocol, slot)
+            if isinstance(outcome, Failure):
+                running.show_failure(outcome, f"{PAGE}_curves")
             else:
-                components.curve_figures(PAGE, outcome, labels, model.class_names[target])
-                components.ranking_table(outcome, labels)
+                evaluate_page.curve_figures(PAGE, outcome, labels, model.class_names[target])
+                evaluate_page.ranking_table(outcome, labels)
 
     st.subheader("Sanity check: does the map depend on the model?")
     st.markdown(SANITY)
-    tested, mode = components.sanity_controls(PAGE, model)
-    names = tuple(m.name for m in components.skipped_methods(tested))
-    if components.sanity_requested(PAGE, model, image, names, target, mode):
-        outcome = components.run_sanity(model, image, names, target, mode, st.empty())
-        if isinstance(outcome, components.Failure):
-            components.show_failure(outcome, f"{PAGE}_sanity")
+    tested, mode = evaluate_page.sanity_controls(PAGE, model)
+    names = tuple(m.name for m in evaluate_page.skipped_methods(tested))
+    if evaluate_page.sanity_requested(PAGE, model, image, names, target, mode):
+        outcome = evaluate_page.run_sanity(model, image, names, target, mode, st.empty())
+        if isinstance(outcome, Failure):
+            running.show_failure(outcome, f"{PAGE}_sanity")
         else:
             chart_col, verdict_col = st.columns([1.5, 1])
             with chart_col:
-                components.sanity_figure(PAGE, outcome, labels)
+                evaluate_page.sanity_figure(PAGE, outcome, labels)
             with verdict_col:
-                components.sanity_verdicts(outcome, labels)
-            components.sanity_map_grid(PAGE, outcome, labels)
+                evaluate_page.sanity_verdicts(outcome, labels)
+            evaluate_page.sanity_map_grid(PAGE, outcome, labels)
 
     st.subheader("Export")
     st.caption(
         "The scores, curves and sanity verdicts computed above for this model and image. The "
         "Compare and Explain pages' HTML reports include them too."
     )
-    components.evaluation_downloads(PAGE, model, image, predictions, labels)
+    evaluate_page.evaluation_downloads(PAGE, model, image, predictions, labels)
 
 
 page()

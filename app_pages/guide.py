@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import streamlit as st
 
-from dashboard import components, service, state
+from dashboard import service, state
+from dashboard.pages import guide as guide_page
 from dashboard.service import ServiceError
+from dashboard.widgets import frame
 
 READING = """
 **Scale.** Every overlay stretches its map over the whole colour range, so a map whose values are
@@ -35,9 +37,7 @@ exact formula; otherwise keep the default.
 
 
 def page() -> None:
-    components.page_title(
-        "Guide", "What every method computes, what it costs, and where it misleads."
-    )
+    frame.page_title("Guide", "What every method computes, what it costs, and where it misleads.")
     model = state.active_model()
     try:
         methods = model.methods if model is not None else service.method_catalogue()
@@ -54,15 +54,15 @@ def page() -> None:
     with st.expander("Reading the numbers: scale, warnings and Score-CAM's baseline"):
         st.markdown(READING)
     families = list(dict.fromkeys(m.family for m in methods))
-    tabs = st.tabs(["Overview", *(components.FAMILY_LABELS.get(f, f) for f in families)])
+    tabs = st.tabs(["Overview", *(guide_page.FAMILY_LABELS.get(f, f) for f in families)])
     with tabs[0]:
-        components.methods_overview(methods, with_model=with_model)
+        guide_page.methods_overview(methods, with_model=with_model)
     for tab, family in zip(tabs[1:], families, strict=True):
         with tab:
             for i, method in enumerate(m for m in methods if m.family == family):
                 if i:
                     st.divider()
-                components.method_guide(method, with_model=with_model)
+                guide_page.method_guide(method, with_model=with_model)
 
 
 page()

@@ -86,6 +86,11 @@ def map_units(result: ExplanationResult) -> str:
     return str((found or {}).get("units") or "attribution")
 
 
+def method_labels(model: ModelSummary) -> dict[str, str]:
+    """Each method's label by registry name: what the reports, tables and charts call it."""
+    return {m.name: m.label for m in model.methods}
+
+
 def result_caption(result: ExplanationResult) -> str:
     where = f" · layer {result.layer}" if result.layer else ""
     return f"{result.target_label} (p={result.score:.3f}){where} · {result.seconds:.2f} s"

@@ -1,4 +1,7 @@
-"""The only place the dashboard pages reach the explainer library.
+"""The only place the dashboard asks for model computations.
+
+The widgets and pages read TensorFlow-free library modules directly (``explainers.render``,
+:class:`~explainers.core.specs.ParamSpec`); everything that needs a model comes through here.
 
 Pages hand this module plain data (file bytes, paths, uint8 arrays, small frozen dataclasses) and
 get plain data back (:class:`ModelSummary`, :class:`LoadedImage`, :class:`ExplanationResult`,
@@ -37,6 +40,7 @@ import os
 import platform
 import tempfile
 import threading
+import time
 from collections import Counter, OrderedDict
 from collections.abc import Callable, Hashable, Iterator, Mapping
 from contextlib import contextmanager
@@ -422,7 +426,13 @@ def _call(
 ) -> Any:
     """Run ``job`` in a compute worker; every failure arrives as a :class:`ServiceError`.
 
-    A result that is not of the type ``job`` returns is refused (never cached)."""
+    A result that is not of the type ``job`` returns is refused (never cached). With
+    ``EXPLAINER_CALL_LOG`` set to a file path, every call appends one line (time, job) to it: how
+    a benchmark in another process counts model calls."""
+    log = os.environ.get("EXPLAINER_CALL_LOG")
+    if log:
+        with open(log, "a", encoding="utf-8") as handle:
+            handle.write(f"{time.time():.3f} {job}\n")
     value = worker.pool().call(
         job,
         kwargs,

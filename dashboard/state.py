@@ -2,10 +2,9 @@
 values valid when the options they choose from change (a new model has other layers).
 
 Widget keys are prefixed by the page that owns them (``sidebar_``, ``explain_``, ``compare_``,
-``robustness_``, ``evaluate_``,
-``model_``, ``guide_``); page widgets are created with ``persist_state="session"`` so that their
-values survive a visit to another page.
-"""
+``robustness_``, ``evaluate_``, ``model_``, ``guide_``); page widgets are created with
+``persist_state="session"`` so that their values survive a visit to another page. The Evaluate
+page's latest outcomes are kept here too, for the other pages' reports."""
 
 from __future__ import annotations
 
@@ -28,6 +27,8 @@ MODEL_ATTEMPT = "model_attempt"
 IMAGE_ATTEMPT = "image_attempt"
 #: The keras.applications architecture the user asked for with the "Load" button.
 APPLICATION_REQUEST = "application_request"
+#: The Evaluate page's latest outcomes, by kind, for this session's reports.
+LAST_OUTCOME = {"evaluation": "_last_evaluation", "sanity": "_last_sanity"}
 
 _DEFAULTS: dict[str, Any] = {
     ACTIVE_MODEL: None,
@@ -120,3 +121,16 @@ def is_new_attempt(slot: Literal["model", "image"], attempt: Any) -> bool:
 
 def forget_attempt(slot: Literal["model", "image"]) -> None:
     st.session_state[MODEL_ATTEMPT if slot == "model" else IMAGE_ATTEMPT] = None
+
+
+def remember_outcome(kind: str, model: ModelSummary, image: LoadedImage, outcome: Any) -> None:
+    """Keep the Evaluate page's latest outcome of ``kind`` for this session's reports."""
+    st.session_state[LAST_OUTCOME[kind]] = (model.ref.key, image.sha256, outcome)
+
+
+def last_outcome(kind: str, model: ModelSummary, image: LoadedImage) -> Any | None:
+    """The Evaluate page's latest ``kind`` outcome if it was computed for this model and image."""
+    kept = st.session_state.get(LAST_OUTCOME[kind])
+    if kept is None or kept[0] != model.ref.key or kept[1] != image.sha256:
+        return None
+    return kept[2]

@@ -528,7 +528,8 @@ def _active(app):
 
 
 def test_robustness_default_render(app):
-    from dashboard import components, service
+    from dashboard import service
+    from dashboard.attacks import attack_summary
 
     app.switch_page("app_pages/robustness.py").run()
     assert_clean(app)
@@ -545,7 +546,7 @@ def test_robustness_default_render(app):
     assert outcome.linf == 4.0 and np.abs(outcome.perturbation).max() == 4.0
     assert adversarial.mask is image.mask and adversarial.sha256 != image.sha256
     # The verdict line matches the outcome (the untrained tiny model does not flip).
-    _, line = components.attack_summary(outcome, model.class_names)
+    _, line = attack_summary(outcome, model.class_names)
     assert line in texts(app.success) + texts(app.warning)
     markdown = texts(app.markdown)
     assert f"**The change, amplified ×{127 // 4}**" in markdown
@@ -596,15 +597,15 @@ def test_robustness_attack_change_recomputes_once_display_does_not(app):
 
 
 def test_robustness_targeted_attack_reports_the_target(app):
-    from dashboard import components
+    from dashboard import attacks, service
 
     app.switch_page("app_pages/robustness.py").run()
     app.selectbox(key="robustness_goal").select(2).run()
     assert_clean(app)
     model, image = _active(app)
-    outcome, _ = components.service.attack(model, image, "fgsm", epsilon=4, steps=1, target=2)
+    outcome, _ = service.attack(model, image, "fgsm", epsilon=4, steps=1, target=2)
     assert outcome.target == 2
-    ok, line = components.attack_summary(outcome, model.class_names)
+    ok, line = attacks.attack_summary(outcome, model.class_names)
     assert line.startswith("Target reached" if ok else "Target “triangle” not reached")
     assert line in texts(app.success) + texts(app.warning)
 
@@ -636,7 +637,7 @@ def _attack_outcome(before, after, target=None):
 
 
 def test_attack_summary_sentences():
-    from dashboard.components import attack_summary
+    from dashboard.attacks import attack_summary
 
     names = ("circle", "square", "triangle")
     flipped = _attack_outcome((0, 0.9), (1, 0.8))
@@ -654,7 +655,7 @@ def test_attack_summary_sentences():
 
 
 def test_amplified_perturbation_is_exact():
-    from dashboard.components import amplified_perturbation
+    from dashboard.attacks import amplified_perturbation
 
     delta = np.array([[[-4, 0, 4], [1, -1, 2]]], np.float32)  # (1, 2, 3) pixel levels
     picture, factor = amplified_perturbation(delta)
@@ -700,12 +701,14 @@ def _ranking(app):
 
 
 def test_evaluate_default_render_with_random_row(app):
-    from dashboard import components, service
+    from dashboard import service
+    from dashboard.computation import build_request
+    from dashboard.pages import evaluate as evaluate_page
 
     app.switch_page("app_pages/evaluate.py").run()
     assert_clean(app)
     assert [t.value for t in app.title] == ["Evaluate"]
-    assert app.multiselect(key="evaluate_methods").value == list(components.DEFAULT_EVALUATION)
+    assert app.multiselect(key="evaluate_methods").value == list(evaluate_page.DEFAULT_EVALUATION)
     assert app.radio(key="evaluate_ground_truth").value == "sample"
     assert len(app.get("plotly_chart")) == 2  # deletion and insertion
     table = _ranking(app)
@@ -722,9 +725,9 @@ def test_evaluate_default_render_with_random_row(app):
     model, image = _active(app)
     target = service.predictions(model, image)[0].index
     maps = {}
-    for name in components.DEFAULT_EVALUATION:
+    for name in evaluate_page.DEFAULT_EVALUATION:
         method = model.method(name)
-        request = components.build_request(
+        request = build_request(
             model,
             image,
             method,
@@ -850,8 +853,9 @@ def test_evaluate_bad_mask_upload_is_explained_and_page_keeps_working(app):
 
 
 def test_evaluate_box_mask_scores_energy_inside_the_box(app):
-    from dashboard import components, service
-    from explainers.metrics import energy_in_mask
+    from dashboard import service
+    from dashboard.computation import build_request
+    from explainers.evaluation.metrics import energy_in_mask
 
     app.switch_page("app_pages/evaluate.py").run()
     app.radio(key="evaluate_ground_truth").set_value("box").run()
@@ -861,9 +865,7 @@ def test_evaluate_box_mask_scores_energy_inside_the_box(app):
     model, image = _active(app)
     method = model.method("vanilla_gradients")
     target = service.predictions(model, image)[0].index
-    request = components.build_request(
-        model, image, method, {}, target=target, layer=None, engine="native"
-    )
+    request = build_request(model, image, method, {}, target=target, layer=None, engine="native")
     attribution = service.cached_explanation(request).attribution
     box = np.zeros((48, 48), bool)
     box[5:40, 10:30] = True
