@@ -22,6 +22,11 @@ def page() -> None:
         return
     model, image, predictions = header
 
+    # No fragment here, unlike Explain's result: a widget inside a fragment asks for a rerun of
+    # that fragment, which Streamlit queues behind a running script instead of interrupting it,
+    # and the cards compute in this run. A change of methods, target, parameter or display must
+    # interrupt a long card (the request is abandoned and the worker cancels it). The cards fill
+    # in one by one within a single run: a card finishing reruns nothing.
     methods_col, target_col = st.columns([3, 1])
     with methods_col:
         methods = pickers.methods_multiselect(
@@ -73,7 +78,7 @@ def page() -> None:
             slot.warning(request)
             entries.append(ReportEntry(method, problem=request))
             continue
-        outcome = running.compute(request, image, slot, method.label)
+        outcome = running.compute(request, image, slot, method)
         if isinstance(outcome, Failure):
             running.show_failure(outcome, f"{PAGE}_{method.name}", slot)
             entries.append(ReportEntry(method, problem=outcome.message))

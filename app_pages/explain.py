@@ -8,6 +8,13 @@ from dashboard.computation import Failure, build_request
 from dashboard.pages import explain as explain_page
 from dashboard.pictures import pictures, raw_map_figure
 from dashboard.report import ReportEntry, result_caption
+from dashboard.service import (
+    ExplanationRequest,
+    LoadedImage,
+    MethodSummary,
+    ModelSummary,
+    Prediction,
+)
 from dashboard.widgets import display, downloads, frame, parameters, pickers, results, running
 
 PAGE = "explain"
@@ -33,13 +40,30 @@ def page() -> None:
     with st.container(border=True, key=f"{PAGE}_parameters"):
         st.markdown(f"**{method.label} parameters**")
         params = parameters.param_controls(PAGE, method, columns=4)
-    settings = display.display_controls(PAGE)
-
     request = build_request(model, image, method, params, target=target, layer=layer, engine=engine)
+    result(model, image, predictions, method, request)
+
+
+# Why only the result is a fragment: a widget inside a fragment asks for a rerun of that fragment,
+# which Streamlit queues behind a running script instead of interrupting it. A method, target or
+# parameter change must interrupt a long computation (the request is abandoned and the worker
+# cancels it), so those widgets stay outside; the display controls change only the picture of a
+# result already computed, so a fragment rerun (cache hit, no model call) is what they need.
+@st.fragment
+def result(
+    model: ModelSummary,
+    image: LoadedImage,
+    predictions: list[Prediction],
+    method: MethodSummary,
+    request: ExplanationRequest | str,
+) -> None:
+    """The display controls and the result, as a fragment: a display change reruns only this
+    part, which re-renders the cached raw map (no model call)."""
+    settings = display.display_controls(PAGE)
     if isinstance(request, str):
         st.warning(request)
         return
-    outcome = running.compute(request, image, st.empty(), method.label)
+    outcome = running.compute(request, image, st.empty(), method)
     if isinstance(outcome, Failure):
         running.show_failure(outcome, PAGE)
         return

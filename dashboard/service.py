@@ -415,6 +415,11 @@ def application_model_ref(
     )
 
 
+def start_workers() -> None:
+    """Start the compute workers in the background (each imports TensorFlow) if not yet started."""
+    worker.pool()
+
+
 def _call(
     job: str,
     kwargs: dict[str, Any],

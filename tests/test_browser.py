@@ -394,6 +394,11 @@ def test_changes_during_a_long_computation_show_the_right_result(demo_server):
         _wait_idle(page)
         _set_number(page, "explain_kernel_shap_max_evals", 20000)
         expect(progress.first).to_be_visible()
+        # A display control moved while it runs asks for a rerun of the result fragment only,
+        # which Streamlit queues behind the running script; the method change after it must
+        # still interrupt the computation (a full rerun takes over the queued fragment rerun).
+        page.locator(".st-key-explain_alpha").get_by_role("slider").focus()
+        page.keyboard.press("ArrowRight")
         _pick(page, "explain_method", "Layer-CAM")
         expect(main.get_by_text("Method: Layer-CAM (layer_cam)")).to_be_visible()
         _wait_idle(page)

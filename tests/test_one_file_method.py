@@ -11,10 +11,13 @@ import sys
 import numpy as np
 import pytest
 
-from . import throwaway_method
 from .conftest import DEMO_LABELS, DEMO_MODEL, ROOT
 
 MODULE = "tests.throwaway_method"
+# Its name and label, written out: importing the module would register the method in this
+# process for every test that runs after collection.
+NAME = "test_centre_prior"
+LABEL = "Test centre prior"
 
 
 @pytest.fixture
@@ -26,19 +29,20 @@ def registered(monkeypatch):
 
     monkeypatch.setenv(METHOD_MODULES_ENV, MODULE)
     yield
-    REGISTRY.pop(throwaway_method.NAME, None)
+    REGISTRY.pop(NAME, None)
+    sys.modules.pop(MODULE, None)
 
 
 def test_the_registry_lists_it_and_explain_runs_it(registered):
     import explainers
 
     names = [m.name for m in explainers.available_methods()]
-    assert throwaway_method.NAME in names
-    spec = explainers.get_method(throwaway_method.NAME)
+    assert NAME in names
+    spec = explainers.get_method(NAME)
     assert spec.engines == ("native",) and spec.reports_progress
     bundle = explainers.load_model(DEMO_MODEL, labels=DEMO_LABELS)
     image = np.zeros((96, 96, 3), np.uint8)
-    result = explainers.explain(bundle, image, throwaway_method.NAME, **spec.fast_params)
+    result = explainers.explain(bundle, image, NAME, **spec.fast_params)
     p = result.extras["probability"]
     # The map by hand: p at the centre of an even-sized image is p·exp(−(0.5² + 0.5²)/(2σ²)).
     sigma = 0.25 * np.hypot(96, 96) / 2
@@ -70,7 +74,7 @@ def test_the_cli_lists_and_runs_it(tmp_path):
     )
     assert listed.returncode == 0, listed.stderr
     methods = {m["name"]: m for m in json.loads(listed.stdout)}
-    assert methods[throwaway_method.NAME]["label"] == throwaway_method.LABEL
+    assert methods[NAME]["label"] == LABEL
     npy = tmp_path / "raw.npy"
     ran = subprocess.run(
         [
@@ -83,7 +87,7 @@ def test_the_cli_lists_and_runs_it(tmp_path):
             "--image",
             str(ROOT / "assets" / "samples" / "shapes_circle_0.png"),
             "--method",
-            throwaway_method.NAME,
+            NAME,
             "--param",
             "spread=0.3",
             "--out",
@@ -121,14 +125,14 @@ def test_the_compare_page_offers_and_computes_it(registered):
         app.switch_page("app_pages/compare.py").run()
         assert not app.exception, [e.value for e in app.exception]
         picker = app.multiselect(key="compare_methods")
-        assert throwaway_method.NAME in picker.options or throwaway_method.LABEL in picker.options
-        picker.set_value([throwaway_method.NAME]).run()
+        assert NAME in picker.options or LABEL in picker.options
+        picker.set_value([NAME]).run()
         assert not app.exception, [e.value for e in app.exception]
         assert not app.error, [e.value for e in app.error]
-        assert f"##### {throwaway_method.LABEL}" in "\n".join(str(m.value) for m in app.markdown)
-        assert service.compute_count(f"explain:{throwaway_method.NAME}") == 1
+        assert f"##### {LABEL}" in "\n".join(str(m.value) for m in app.markdown)
+        assert service.compute_count(f"explain:{NAME}") == 1
         # Its parameter control comes from the spec.
-        assert app.slider(key=f"compare_{throwaway_method.NAME}_spread").value == 0.5
+        assert app.slider(key=f"compare_{NAME}_spread").value == 0.5
     finally:
         worker.shutdown_pool()
         service.clear_caches()

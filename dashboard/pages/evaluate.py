@@ -189,7 +189,7 @@ def explanation_maps(
         if isinstance(request, str):
             st.warning(request)
             continue
-        outcome = compute(request, image, slot, method.label)
+        outcome = compute(request, image, slot, method)
         if isinstance(outcome, Failure):
             show_failure(outcome, f"{page}_{method.name}")
             continue

@@ -326,7 +326,7 @@ def explanation_pair(
                 if isinstance(request, str):
                     st.warning(request)
                     continue
-                outcome = compute(request, picture, st.empty(), method.label)
+                outcome = compute(request, picture, st.empty(), method)
                 if isinstance(outcome, Failure):
                     show_failure(outcome, f"{page}_{method.name}_{title.lower()}")
                     continue

@@ -8,18 +8,29 @@ from streamlit.delta_generator import DeltaGenerator
 
 from dashboard import service
 from dashboard.computation import Failure
-from dashboard.service import ExplanationRequest, ExplanationResult, LoadedImage, ServiceError
+from dashboard.service import (
+    ExplanationRequest,
+    ExplanationResult,
+    LoadedImage,
+    MethodSummary,
+    ServiceError,
+)
 
 
 def compute(
-    request: ExplanationRequest, image: LoadedImage, slot: DeltaGenerator, label: str
+    request: ExplanationRequest, image: LoadedImage, slot: DeltaGenerator, method: MethodSummary
 ) -> ExplanationResult | Failure:
-    """Fetch or compute an explanation, showing a progress bar fed by the worker in ``slot``
-    while it runs. Returns the result or a :class:`Failure`."""
+    """Fetch or compute an explanation in ``slot``: a progress bar fed by the worker for a method
+    whose spec says it reports progress, a one-line note for a quick one. Returns the result or a
+    :class:`Failure`."""
     cached = service.cached_explanation(request)
     if cached is not None:
         return cached
-    progress, clear = service.streamlit_progress(slot, label)
+    if method.reports_progress:
+        progress, clear = service.streamlit_progress(slot, method.label)
+    else:  # done before a bar would draw
+        slot.caption(f"{method.label}: computing…")
+        progress, clear = None, slot.empty
     try:
         return service.explain(request, image, progress)
     except ServiceError as err:
