@@ -2,7 +2,7 @@
 test with TensorFlow ops on the same weights (tf.GradientTape on the input and inner tensors
 only: no weight gradients), Pillow and NumPy — not through the library's runner.
 
-The library's conventions these follow (explainers/gradients.py, explainers/cam.py):
+The library's conventions these follow (explainers/methods/gradients.py, explainers/methods/cam.py):
 
 * scores are the outputs of a linear last layer; maps are summed over colour channels;
 * guided backprop passes ``R_in = 1[z > 0] · max(R_out, 0)`` through every ReLU;
