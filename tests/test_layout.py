@@ -23,6 +23,7 @@ LAYERS = (
     ("explainers.registry",),
     ("explainers.explanation",),
     ("explainers.evaluation",),
+    ("explainers.audit",),
     ("explainers.cli", "explainers.__main__"),
 )
 

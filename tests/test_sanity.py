@@ -260,9 +260,9 @@ def test_guided_backprop_is_flagged_where_it_survives_the_top_layers():
 def test_cascading_randomisation_on_the_demo_model(demo_bundle):
     """On the 5-block demo CNN guided backprop is *not* insensitive to the top layers by the
     paper's measure: its absolute map's ρ falls to ≤ 0.45 once the top three blocks are random
-    (36 runs, explainers/evaluation/sanity.py), so it holds through fewer than the 3 blocks that flag, and
-    no method is flagged. It is still the least sensitive of the three: its signed map keeps
-    ρ > 0.4 with the top three blocks random, where vanilla gradients' is ≈ 0."""
+    (36 runs, explainers/evaluation/sanity.py), so it holds through fewer than the 3 blocks that
+    flag, and no method is flagged. It is still the least sensitive of the three: its signed map
+    keeps ρ > 0.4 with the top three blocks random, where vanilla gradients' is ≈ 0."""
     weights = [w.copy() for w in demo_bundle.model.get_weights()]
     data = generate_dataset(4, FRESH_SEED)
     methods = ["guided_backprop", "vanilla_gradients", "grad_cam"]
