@@ -68,6 +68,7 @@ _EXPORTS: dict[str, str] = {
 #: Submodules reachable as attributes (``explainers.render``, ``explainers.io.models`` ...).
 _SUBMODULES = frozenset(
     {
+        "audit",
         "cli",
         "core",
         "errors",

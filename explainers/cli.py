@@ -1,4 +1,5 @@
-"""Command line: ``python -m explainers methods`` and ``python -m explainers explain ...``."""
+"""Command line: ``python -m explainers methods``, ``python -m explainers explain ...`` and
+``python -m explainers audit ...``."""
 
 from __future__ import annotations
 
@@ -134,6 +135,66 @@ def _explain(args: argparse.Namespace) -> int:
     return 0
 
 
+def _audit_data(text: str) -> Any:
+    """``--data``: an image folder, a .csv/.parquet manifest, or ``demo:NAME[:N[:SEED]]``."""
+    from explainers import audit
+
+    if not text.startswith("demo:"):
+        return text
+    parts = text.split(":")[1:]
+    if not parts or parts[0] not in audit.DEMO_DATASETS or len(parts) > 3:
+        raise ParameterError(
+            f"--data {text!r}: expected demo:NAME[:N[:SEED]] with NAME one of "
+            f"{', '.join(audit.DEMO_DATASETS)}"
+        )
+    try:
+        n = int(parts[1]) if len(parts) > 1 else 200
+        seed = int(parts[2]) if len(parts) > 2 else 0
+    except ValueError:
+        raise ParameterError(f"--data {text!r}: N and SEED must be whole numbers") from None
+    return audit.demo_dataset(parts[0], n=n, seed=seed)
+
+
+def _audit(args: argparse.Namespace) -> int:
+    from explainers import audit
+
+    methods = [m.strip() for m in args.methods.split(",") if m.strip()]
+    width = 40
+
+    def progress(fraction: float, message: str) -> None:
+        filled = round(fraction * width)
+        bar = "█" * filled + "·" * (width - filled)
+        print(f"\r[{bar}] {fraction:6.1%} {message}"[:160].ljust(160), end="", file=sys.stderr)
+
+    summary = audit.run_audit(
+        args.model,
+        _audit_data(args.data),
+        args.out,
+        methods=methods,
+        map_size=args.map_size,
+        chunk_size=args.chunk_size,
+        progress=None if args.quiet else progress,
+        labels=args.labels,
+    )
+    if not args.quiet:
+        print(file=sys.stderr)
+    accuracy = f"{summary.accuracy:.1%}" if summary.accuracy is not None else "n/a (no labels)"
+    lines = [
+        f"{summary.done}/{summary.total} images in {args.out} "
+        f"({summary.computed} computed now, {summary.resumed_from} already done; "
+        f"{summary.images_per_second:.1f} images/s)",
+        f"errors: {summary.errors} · accuracy: {accuracy}",
+    ]
+    review = audit.analyse_run(args.out, methods[0]) if summary.done else None
+    if review is not None:
+        lines.append(f"flags ({methods[0]}): {len(review.flags)}")
+        lines += [f"  - [{flag.kind}] {flag.evidence}" for flag in review.flags[: args.flags]]
+        if len(review.flags) > args.flags:
+            lines.append(f"  … {len(review.flags) - args.flags} more (--flags N shows more)")
+    print("\n".join(lines))
+    return 0 if summary.complete else 1
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m explainers", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -157,6 +218,25 @@ def build_parser() -> argparse.ArgumentParser:
     ex.add_argument("--alpha", type=float, default=0.5, help="overlay opacity 0..1")
     ex.add_argument("--json", action="store_true", help="print the summary as JSON")
     ex.set_defaults(run=_explain)
+    au = sub.add_parser(
+        "audit",
+        help="explain a whole dataset into a run folder (resumable), then cluster and flag",
+    )
+    au.add_argument("--model", required=True, help=".keras / .h5 model file")
+    au.add_argument(
+        "--data",
+        required=True,
+        help="image folder (one sub-folder per class), .csv/.parquet manifest "
+        "(path,label[,mask_path]) or demo:NAME[:N[:SEED]] (honest, shortcut_half)",
+    )
+    au.add_argument("--out", required=True, help="run folder (an existing run resumes)")
+    au.add_argument("--methods", default="grad_cam", help="comma-separated method names")
+    au.add_argument("--labels", default=None, help="labels file (txt or JSON)")
+    au.add_argument("--map-size", type=int, default=32, help="stored map side (cells)")
+    au.add_argument("--chunk-size", type=int, default=64, help="images per commit")
+    au.add_argument("--flags", type=int, default=10, help="flags to print")
+    au.add_argument("--quiet", action="store_true", help="no progress bar")
+    au.set_defaults(run=_audit)
     return parser
 
 

@@ -97,3 +97,40 @@ def test_bad_parameter_is_a_one_line_error(tmp_path):
     assert result.returncode == 2
     assert "error: steps must be ≥ 1" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_audit_runs_resumes_and_reports_flags(tmp_path, capsys):
+    from explainers.cli import main
+
+    from .conftest import DEMO_LABELS, SHORTCUT_MODEL
+
+    command = [
+        "audit",
+        "--model",
+        str(SHORTCUT_MODEL),
+        "--labels",
+        str(DEMO_LABELS),
+        "--data",
+        "demo:shortcut_half:24:1",
+        "--out",
+        str(tmp_path / "run"),
+        "--chunk-size",
+        "10",
+    ]
+    first = run_cli(*command)
+    assert first.returncode == 0, first.stderr
+    assert "24/24 images" in first.stdout and "24 computed now" in first.stdout
+    assert "flags (grad_cam):" in first.stdout
+    assert "images/s" in first.stderr and "left" in first.stderr  # the progress bar's rate, ETA
+    # The same command again (in this process, to spare a TensorFlow import) resumes: all done.
+    assert main([*command, "--quiet"]) == 0
+    assert "0 computed now, 24 already done" in capsys.readouterr().out
+    assert (tmp_path / "run" / "manifest.json").exists()
+
+
+def test_audit_rejects_an_unknown_demo_dataset(tmp_path):
+    result = run_cli(
+        "audit", "--model", "x.keras", "--data", "demo:nope", "--out", str(tmp_path / "r")
+    )
+    assert result.returncode == 2
+    assert "demo:NAME[:N[:SEED]]" in result.stderr and "shortcut_half" in result.stderr
