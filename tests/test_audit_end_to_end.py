@@ -1,13 +1,13 @@
 """The audit, end to end on the shipped demo models: run_audit over the generated "shortcut_half"
 dataset (the class marker on half the images) into a run folder, then analyse_run on what was
-written. The shortcut model's marker use is found and flagged with its evidence; the honest model
-over the same images gets no fixed-location flag."""
+written. The shortcut model's marker use is found and flagged with its evidence (that the honest
+model gets no such flag is held on more images by tests/test_audit_analysis.py)."""
 
 from __future__ import annotations
 
 import pytest
 
-from .conftest import DEMO_LABELS, DEMO_MODEL, SHORTCUT_MODEL
+from .conftest import DEMO_LABELS, SHORTCUT_MODEL
 
 N_IMAGES = 240  # 60 per class, 30 with the marker
 
@@ -24,7 +24,7 @@ def reviews(dataset, tmp_path_factory):
     from explainers import audit
 
     found = {}
-    for name, model in (("shortcut", SHORTCUT_MODEL), ("honest", DEMO_MODEL)):
+    for name, model in (("shortcut", SHORTCUT_MODEL),):
         out = tmp_path_factory.mktemp(name)
         summary = audit.run_audit(model, dataset, out, labels=DEMO_LABELS, chunk_size=80)
         assert summary.complete and summary.errors == 0 and summary.done == N_IMAGES
@@ -57,8 +57,3 @@ def test_the_shortcut_models_marker_use_is_flagged_from_the_run_folder(reviews):
         if len(set(flag.images) & marked) / len(flag.images) >= 0.9:
             flagged_classes.add(flag.class_index)
     assert len(flagged_classes) >= 3, [f.evidence for f in review.flags]
-
-
-def test_the_honest_model_gets_no_fixed_location_flag(reviews):
-    _, review = reviews["honest"]
-    assert [f for f in review.flags if f.kind == "fixed_location"] == []
