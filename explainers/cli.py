@@ -158,7 +158,15 @@ def _audit_data(text: str) -> Any:
 def _audit(args: argparse.Namespace) -> int:
     from explainers import audit
 
-    methods = [m.strip() for m in args.methods.split(",") if m.strip()]
+    if args.report is not None:
+        return _audit_report(args)
+    missing = [flag for flag in ("model", "data", "out") if getattr(args, flag) is None]
+    if missing:
+        raise ParameterError(
+            f"audit needs {', '.join('--' + m for m in missing)} to compute a run "
+            "(or --report RUN to write the report of an existing run)"
+        )
+    methods = _method_list(args.methods) or ["grad_cam"]
     width = 40
 
     def progress(fraction: float, message: str) -> None:
@@ -166,9 +174,10 @@ def _audit(args: argparse.Namespace) -> int:
         bar = "█" * filled + "·" * (width - filled)
         print(f"\r[{bar}] {fraction:6.1%} {message}"[:160].ljust(160), end="", file=sys.stderr)
 
+    data = _audit_data(args.data)  # a wrong --data is refused before TensorFlow loads
     summary = audit.run_audit(
         args.model,
-        _audit_data(args.data),
+        data,
         args.out,
         methods=methods,
         map_size=args.map_size,
@@ -191,8 +200,37 @@ def _audit(args: argparse.Namespace) -> int:
         lines += [f"  - [{flag.kind}] {flag.evidence}" for flag in review.flags[: args.flags]]
         if len(review.flags) > args.flags:
             lines.append(f"  … {len(review.flags) - args.flags} more (--flags N shows more)")
+    if args.html and summary.done:
+        path = audit.write_report(args.out, args.html, methods[0], examples=args.examples)
+        lines.append(f"report: {path}")
     print("\n".join(lines))
     return 0 if summary.complete else 1
+
+
+def _method_list(text: str | None) -> list[str]:
+    return [m.strip() for m in (text or "").split(",") if m.strip()]
+
+
+def _audit_report(args: argparse.Namespace) -> int:
+    """``audit --report RUN``: the HTML report of an existing run, nothing recomputed."""
+    from explainers import audit
+
+    given = [flag for flag in ("model", "data", "out") if getattr(args, flag) is not None]
+    if given:
+        raise ParameterError(
+            f"--report writes the report of an existing run without computing; leave out "
+            f"{', '.join('--' + g for g in given)}"
+        )
+    methods = _method_list(args.methods)
+    if len(methods) > 1:
+        raise ParameterError(
+            f"--report shows one method's maps; give one of {', '.join(methods)} to --methods"
+        )
+    path = audit.write_report(
+        args.report, args.html, methods[0] if methods else None, examples=args.examples
+    )
+    print(path)
+    return 0
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -222,20 +260,40 @@ def build_parser() -> argparse.ArgumentParser:
         "audit",
         help="explain a whole dataset into a run folder (resumable), then cluster and flag",
     )
-    au.add_argument("--model", required=True, help=".keras / .h5 model file")
+    au.add_argument("--model", default=None, help=".keras / .h5 model file")
     au.add_argument(
         "--data",
-        required=True,
+        default=None,
         help="image folder (one sub-folder per class), .csv/.parquet manifest "
         "(path,label[,mask_path]) or demo:NAME[:N[:SEED]] (honest, shortcut_half)",
     )
-    au.add_argument("--out", required=True, help="run folder (an existing run resumes)")
-    au.add_argument("--methods", default="grad_cam", help="comma-separated method names")
+    au.add_argument("--out", default=None, help="run folder (an existing run resumes)")
+    au.add_argument(
+        "--methods",
+        default=None,
+        help="comma-separated method names (default grad_cam; with --report: the one method "
+        "to show, default the run's first)",
+    )
     au.add_argument("--labels", default=None, help="labels file (txt or JSON)")
     au.add_argument("--map-size", type=int, default=32, help="stored map side (cells)")
     au.add_argument("--chunk-size", type=int, default=64, help="images per commit")
     au.add_argument("--flags", type=int, default=10, help="flags to print")
     au.add_argument("--quiet", action="store_true", help="no progress bar")
+    au.add_argument(
+        "--report",
+        metavar="RUN",
+        default=None,
+        help="write the self-contained HTML report of the existing run in RUN (no computing: "
+        "--model, --data and --out are not used)",
+    )
+    au.add_argument(
+        "--html",
+        metavar="OUT.html",
+        default=None,
+        help="where the report goes (default RUN/report.html); with a computing run, write "
+        "the report there after the run",
+    )
+    au.add_argument("--examples", type=int, default=6, help="example images per cluster")
     au.set_defaults(run=_audit)
     return parser
 

@@ -1,6 +1,6 @@
 """Auditing a model on a whole dataset: explain every image, keep the numbers and small maps.
 
-Three modules, lowest first:
+Five modules, lowest first:
 
 * ``datasets``: where the images come from — an image folder with one sub-folder per class, a
   CSV/Parquet manifest (``path,label[,mask_path]``) or the generated demo shapes (with object and
@@ -13,6 +13,9 @@ Three modules, lowest first:
 * ``analysis``: per class, the mean map, SpRAy (spectral clustering of the maps, the number of
   clusters by eigengap, a 2-D embedding) and flags a reviewer can act on, each with its evidence;
   :func:`analyse_run` reads a run folder.
+* ``report``: :func:`audit_report`, one self-contained HTML page of a run (provenance, accuracy
+  and confusion matrix, class mean maps, SpRAy clusters with example images, flags with their
+  evidence); :func:`write_report` writes it (``python -m explainers audit --report RUN``).
 
 ::
 
@@ -25,6 +28,7 @@ Three modules, lowest first:
     run.table.to_pandas(), run.maps["grad_cam"], run.masks["marker"]
     review = audit.analyse_run(run, "grad_cam")
     [flag.evidence for flag in review.flags]
+    audit.write_report("runs/shortcut")  # runs/shortcut/report.html
 
 This package is a layer above :mod:`explainers.evaluation` (docs/ARCHITECTURE.md). Names are
 imported when first used, so ``explainers.audit.open_run`` or ``demo_dataset`` cost no
@@ -54,13 +58,15 @@ _EXPORTS: dict[str, str] = {
     "AuditSummary": "run",
     "map_statistics": "run",
     "run_audit": "run",
+    "audit_report": "report",
+    "write_report": "report",
 }
 
 
 def __getattr__(name: str) -> Any:
     if name in _EXPORTS:
         value = getattr(import_module(f".{_EXPORTS[name]}", __name__), name)
-    elif name in ("analysis", "datasets", "store", "run"):
+    elif name in ("analysis", "datasets", "report", "store", "run"):
         value = import_module(f".{name}", __name__)
     else:
         raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
@@ -83,6 +89,7 @@ if TYPE_CHECKING:
         manifest_dataset,
         open_dataset,
     )
+    from explainers.audit.report import audit_report, write_report
     from explainers.audit.run import AuditSummary, map_statistics, run_audit
     from explainers.audit.store import AuditRun, open_run
 
@@ -97,6 +104,7 @@ __all__ = [
     "SprayResult",
     "analyse",
     "analyse_run",
+    "audit_report",
     "demo_dataset",
     "image_folder",
     "manifest_dataset",
@@ -104,4 +112,5 @@ __all__ = [
     "open_dataset",
     "open_run",
     "run_audit",
+    "write_report",
 ]

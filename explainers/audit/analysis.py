@@ -731,6 +731,7 @@ def flags(
         if result is not None:
             found += _cluster_flags(maps, c, name, result, object_masks, marker_masks)
         members = np.flatnonzero(valid & (classes == c))
+        members = members[labels[members] >= 0]  # an unlabelled image is never a mistake
         wrong = members[predictions[members] != labels[members]]
         whose = f"images of class {name}" if group_by == "label" else f"images predicted {name}"
         if len(wrong):
