@@ -11,6 +11,7 @@ set: then a missing browser is a failure.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import re
@@ -192,6 +193,23 @@ def _wait_idle(page, timeout_s: float = COMPUTE_S) -> None:
     )
 
 
+def _screenshot(page, path) -> None:
+    """A screenshot once the pictures in view have loaded: Streamlit draws grey skeletons while it
+    lazy-loads an element's code, and a screenshot taken then shows no map. Waits at most 15 s
+    (a picture that never loads is what the screenshot should then show)."""
+    # A screenshot is evidence, not an assertion: after the wait, take it whatever it shows.
+    with contextlib.suppress(Exception):
+        page.wait_for_function(
+            """() => [...document.querySelectorAll('[data-testid="stMain"] img')]
+                .filter(i => { const r = i.getBoundingClientRect();
+                               return r.bottom > 0 && r.top < window.innerHeight; })
+                .every(i => i.complete && i.naturalWidth > 0)
+                && !document.querySelector('[data-testid="stMain"] [data-testid="stSkeleton"]')""",
+            timeout=15_000,
+        )
+    page.screenshot(path=str(path))
+
+
 def _assert_no_exception(page) -> None:
     assert page.locator('[data-testid="stException"]').count() == 0
     assert "Traceback" not in page.locator('[data-testid="stMain"]').inner_text()
@@ -224,7 +242,7 @@ def test_upload_compare_adjust_and_download_report(server, tmp_path):
         expect(main.get_by_text("Grad-CAM overlay")).to_be_visible()
         _wait_idle(page)
         _assert_no_exception(page)
-        page.screenshot(path=str(ARTIFACTS / "browser-01-explain-default.png"))
+        _screenshot(page, ARTIFACTS / "browser-01-explain-default.png")
 
         # Upload a model file through the model uploader.
         sidebar.get_by_text("Upload a file", exact=True).click()
@@ -250,7 +268,7 @@ def test_upload_compare_adjust_and_download_report(server, tmp_path):
         assert header is not None
         picker = main.locator("[class*='st-key-explain_target_'] [role='combobox']")
         expect(picker).to_have_value(f"Top prediction — {header[1]} ({header[2]})")
-        page.screenshot(path=str(ARTIFACTS / "browser-02-uploaded.png"))
+        _screenshot(page, ARTIFACTS / "browser-02-uploaded.png")
 
         # Compare: CAM does not apply to this model (no GAP head) and says why.
         sidebar.get_by_role("link", name="Compare").click()
@@ -288,7 +306,7 @@ def test_upload_compare_adjust_and_download_report(server, tmp_path):
         expect(_card_images(page)).to_have_count(4)
         expect(_card_images(page).first).not_to_have_attribute("src", before)
         assert main.locator('[data-testid="stProgress"]').count() == 0
-        page.screenshot(path=str(ARTIFACTS / "browser-04-compare-opacity.png"))
+        _screenshot(page, ARTIFACTS / "browser-04-compare-opacity.png")
 
         # The HTML review report.
         with page.expect_download(timeout=COMPUTE_S * 1000) as download_info:
@@ -336,7 +354,7 @@ def test_robustness_and_evaluate_pages_render(server):
         expect(main.get_by_role("button", name="Adversarial PNG")).to_be_visible()
         _wait_idle(page)
         _assert_no_exception(page)
-        page.screenshot(path=str(ARTIFACTS / "browser-05-robustness.png"))
+        _screenshot(page, ARTIFACTS / "browser-05-robustness.png")
 
         sidebar.get_by_role("link", name="Evaluate").click()
         expect(main.get_by_role("heading", name="Evaluate", exact=True)).to_be_visible()
@@ -404,7 +422,7 @@ def test_changes_during_a_long_computation_show_the_right_result(demo_server):
         _wait_idle(page)
         _no_error_shown(page)
         assert "max_evals" not in main.inner_text()
-        page.screenshot(path=str(ARTIFACTS / "browser-07-method-changed-mid-run.png"))
+        _screenshot(page, ARTIFACTS / "browser-07-method-changed-mid-run.png")
 
         # 2. The sample changes while Kernel SHAP runs, then 3. a parameter.
         _pick(page, "explain_method", "Kernel SHAP")
@@ -419,7 +437,7 @@ def test_changes_during_a_long_computation_show_the_right_result(demo_server):
         facts = main.inner_text()
         assert "Method: Kernel SHAP (kernel_shap)" in facts
         assert re.search(r"Target: star \(class 3", facts), facts
-        page.screenshot(path=str(ARTIFACTS / "browser-08-sample-and-parameter-mid-run.png"))
+        _screenshot(page, ARTIFACTS / "browser-08-sample-and-parameter-mid-run.png")
 
         # 4. Compare: a long Kernel SHAP card, the sample changed while it runs.
         page.locator('[data-testid="stSidebar"]').get_by_role("link", name="Compare").click()
@@ -522,5 +540,5 @@ def test_concurrent_browser_sessions_keep_their_own_inputs(server, tmp_path):
                 problems.append(
                     f"session {index}: expected {expected} at {p:.4f}, page shows {shown}"
                 )
-            page.screenshot(path=str(ARTIFACTS / f"browser-10-session-{index}.png"))
+            _screenshot(page, ARTIFACTS / f"browser-10-session-{index}.png")
         assert not problems, problems
