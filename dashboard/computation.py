@@ -18,6 +18,7 @@ from dashboard.service import (
     ModelSummary,
     ServiceError,
 )
+from explainers.registry import resolve_params
 
 
 @dataclass(frozen=True)
@@ -78,7 +79,7 @@ def warm_up(method: str = "grad_cam") -> str:
         image = service.load_sample(pictures[0])
         ranked = service.predictions(model, image, k=model.n_classes)
         summary = model.method(method)
-        params = {spec.name: spec.default for spec in summary.params}
+        params = resolve_params(method, summary.params, {})  # the controls' defaults
         layer = model.default_layer if summary.uses_layer else None
         # The same request the page builds (its layer check included), so the page finds it all
         # in the cache.

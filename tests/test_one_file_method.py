@@ -5,6 +5,7 @@ dashboard's Compare page, and computes there."""
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 
@@ -68,7 +69,7 @@ def test_the_cli_lists_and_runs_it(registered, tmp_path, capsys):
     methods = {m["name"]: m for m in json.loads(capsys.readouterr().out)}
     assert methods[NAME]["label"] == LABEL
     # And as a user runs it, in a fresh process that reads the variable itself.
-    env = {**__import__("os").environ, METHOD_MODULES_ENV: MODULE}
+    env = {**os.environ, METHOD_MODULES_ENV: MODULE}
     npy = tmp_path / "raw.npy"
     ran = subprocess.run(
         [
