@@ -23,21 +23,32 @@ def run_cli(*args: str) -> subprocess.CompletedProcess:
     )
 
 
-def test_methods_lists_every_method_with_parameters():
-    result = run_cli("methods", "--json")
-    assert result.returncode == 0, result.stderr
-    methods = {m["name"]: m for m in json.loads(result.stdout)}
+def in_process(capsys, *args: str) -> tuple[int, str, str]:
+    """``python -m explainers ARGS`` in this process: the exit code, stdout and stderr. (Only
+    ``test_explain_writes_overlay_and_raw_map`` starts ``python -m explainers`` as a user would;
+    each such start imports TensorFlow again, about 10 s on two cores.)"""
+    from explainers.cli import main
+
+    code = main(list(args))
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+def test_methods_lists_every_method_with_parameters(capsys):
+    code, out, err = in_process(capsys, "methods", "--json")
+    assert code == 0, err
+    methods = {m["name"]: m for m in json.loads(out)}
     assert len(methods) == 15
     steps = next(p for p in methods["integrated_gradients"]["params"] if p["name"] == "steps")
     assert steps["default"] == 32 and steps["low"] == 1
 
 
-def test_methods_text_prints_bounds_as_typed():
+def test_methods_text_prints_bounds_as_typed(capsys):
     """Integer bounds print whole (a seed's range was shown as 0..2.14748e+09)."""
-    result = run_cli("methods")
-    assert result.returncode == 0, result.stderr
-    assert "--param seed=0  (0..2147483647)" in result.stdout
-    assert "e+0" not in result.stdout
+    code, out, err = in_process(capsys, "methods")
+    assert code == 0, err
+    assert "--param seed=0  (0..2147483647)" in out
+    assert "e+0" not in out
 
 
 def test_explain_writes_overlay_and_raw_map(tmp_path):
@@ -76,12 +87,13 @@ def test_explain_writes_overlay_and_raw_map(tmp_path):
     assert summary["max"] == float(raw.max())
 
 
-def test_bad_parameter_is_a_one_line_error(tmp_path):
+def test_bad_parameter_is_a_one_line_error(tmp_path, capsys):
     model_path = tmp_path / "model.keras"
     functional_softmax().save(model_path)
     image_path = tmp_path / "image.png"
     Image.fromarray(random_image(10, 10)).save(image_path)
-    result = run_cli(
+    code, _, err = in_process(
+        capsys,
         "explain",
         "--model",
         str(model_path),
@@ -94,9 +106,9 @@ def test_bad_parameter_is_a_one_line_error(tmp_path):
         "--out",
         str(tmp_path / "x.png"),
     )
-    assert result.returncode == 2
-    assert "error: steps must be ≥ 1" in result.stderr
-    assert "Traceback" not in result.stderr
+    assert code == 2
+    assert "error: steps must be ≥ 1" in err
+    assert "Traceback" not in err
 
 
 def test_audit_runs_resumes_and_reports_flags(tmp_path, capsys):
