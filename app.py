@@ -44,6 +44,8 @@ def run() -> None:
         st.Page("app_pages/compare.py", title="Compare", icon=":material/grid_view:"),
         st.Page("app_pages/robustness.py", title="Robustness", icon=":material/security:"),
         st.Page("app_pages/evaluate.py", title="Evaluate", icon=":material/fact_check:"),
+        st.Page("app_pages/audit.py", title="Audit", icon=":material/dataset:"),
+        st.Page("app_pages/training.py", title="Training", icon=":material/model_training:"),
         st.Page("app_pages/model.py", title="Model", icon=":material/account_tree:"),
         st.Page("app_pages/guide.py", title="Guide", icon=":material/menu_book:"),
     ]

@@ -4,6 +4,8 @@ Run from the repository root::
 
     python assets/make_demo_models.py           # full run (a few minutes on 2 CPU cores)
     python assets/make_demo_models.py --quick   # small smoke run, writes to a temporary folder
+    python assets/make_demo_models.py --story   # only the training story (below), from the
+                                                # shipped demo_shortcut.keras
 
 Outputs (full run):
 
@@ -13,6 +15,14 @@ Outputs (full run):
 - ``assets/models/demo_labels.txt``: one class name per line.
 - ``assets/models/demo_models.json``: metrics, seeds, dataset sizes, epochs, timings, versions.
 - ``assets/samples/*.png``: sample images with their object masks (and marker masks).
+- With ``--story`` only (issue 14), and nothing else: ``assets/runs/shortcut/`` records
+  Grad-CAM on 8 fixed images after every epoch of the shortcut model's recipe, re-run with the
+  same seeds (``explainers.callbacks.ExplanationCallback``; the shipped ``demo_shortcut.keras``
+  is not replaced); then ``assets/models/demo_fixed.keras`` is trained from the same shortcut
+  data with Right-for-the-Right-Reasons (``explainers.training.ReasonTrainer``, the marker masks
+  as the "must not matter" regions), its run in ``assets/runs/fixed/``, its numbers under
+  ``demo_fixed`` and ``story`` in ``demo_models.json``. That model does NOT reach its targets
+  (assets/models/README.md), so it is not shipped.
 
 Both models take ``(96, 96, 3)`` float32 images scaled to [0, 1] (``image / 255``) and end in
 ``last_conv`` (12 x 12 x 128, ReLU) -> ``gap`` -> ``dropout`` -> ``predictions`` (softmax), so
@@ -24,6 +34,7 @@ from __future__ import annotations
 import argparse
 import json
 import platform
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -37,12 +48,15 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import keras
 import tensorflow as tf
 
+import explainers
+from explainers.callbacks import ExplanationCallback
 from explainers.io.demo_data import (
     CLASS_NAMES,
     ShapeSample,
     generate_dataset,
     generate_sample,
 )
+from explainers.training import ReasonTrainer
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 IMAGE_SIZE = 96
@@ -57,6 +71,8 @@ SEEDS = {
     "shortcut_samples": 200,
     "keras_honest": 10,
     "keras_shortcut": 20,
+    "keras_fixed": 30,
+    "callback_images": 300,
 }
 
 FULL = {
@@ -73,6 +89,20 @@ QUICK = {
     "epochs_honest": 1,
     "epochs_shortcut": 1,
 }
+
+#: The training story: the shortcut recipe re-run with ExplanationCallback, and the fixed model.
+STORY = {
+    "callback_images": 8,
+    "map_size": 32,
+    "epochs_fixed": 14,
+    "penalty": "rrr",
+    "classes": "sum",
+    "penalty_mode": "training",
+    "balance": 1.0,
+}
+QUICK_STORY = {**STORY, "epochs_fixed": 1}
+#: Images per test set on which Grad-CAM's marker-versus-shape mass is measured.
+N_GRAD_CAM = 400
 
 BATCH_SIZE = 32
 VALIDATION_SPLIT = 0.1
@@ -144,7 +174,13 @@ def _batches(images: np.ndarray, labels: np.ndarray, seed: int, augment: bool) -
 
 
 def train(
-    name: str, data: dict[str, np.ndarray], epochs: int, seed: int, *, augment: bool
+    name: str,
+    data: dict[str, np.ndarray],
+    epochs: int,
+    seed: int,
+    *,
+    augment: bool,
+    callbacks: list[keras.callbacks.Callback] | None = None,
 ) -> tuple[keras.Model, dict[str, object]]:
     """Train a fresh model on ``data`` and return it (uncompiled copy) with its training log.
 
@@ -165,7 +201,12 @@ def train(
     )
     start = time.perf_counter()
     history = model.fit(
-        train_batches, epochs=epochs, validation_data=validation, shuffle=False, verbose=2
+        train_batches,
+        epochs=epochs,
+        validation_data=validation,
+        shuffle=False,
+        verbose=2,
+        callbacks=callbacks,
     )
     seconds = time.perf_counter() - start
     # Rebuild on the same layers without the optimizer, so the saved file stays small.
@@ -297,29 +338,226 @@ def _sample_entry(
     }
 
 
+# ------------------------------------------------------------------------------------------------
+# The training story: explanations during training, and a model trained for the right reasons
+# ------------------------------------------------------------------------------------------------
+def story_images() -> dict[str, np.ndarray]:
+    """The fixed images the callback explains every epoch: shortcut images (marker = label)."""
+    return generate_dataset(
+        STORY["callback_images"],
+        SEEDS["callback_images"],
+        size=IMAGE_SIZE,
+        variant="shortcut",
+        shape_agreement=SHAPE_AGREEMENT,
+    )
+
+
+def explanation_callback(
+    images: dict[str, np.ndarray], run_dir: Path, model: keras.Model | None = None
+) -> ExplanationCallback:
+    return ExplanationCallback(
+        images["images"],
+        methods=("grad_cam",),
+        run_dir=run_dir,
+        labels=images["labels"],
+        masks={"object": images["masks"], "marker": images["marker_masks"]},
+        preprocessing="0_1",
+        class_names=CLASS_NAMES,
+        map_size=STORY["map_size"],
+        model=model,
+    )
+
+
+def record_shortcut_run(
+    data: dict[str, np.ndarray], epochs: int, runs_dir: Path, shipped: keras.Model | None
+) -> dict[str, object]:
+    """Re-run the shortcut model's recipe (same data, seeds, epochs) with the callback on, into
+    ``runs/shortcut``; the model it trains is only compared with the shipped one, not saved."""
+    callback = explanation_callback(story_images(), runs_dir / "shortcut")
+    model, log = train(
+        "demo_shortcut", data, epochs, SEEDS["keras_shortcut"], augment=False, callbacks=[callback]
+    )
+    log["callback_seconds_per_epoch"] = [round(s, 3) for s in callback.epoch_seconds]
+    log["callback_failures"] = len(callback.failures)
+    if shipped is not None:
+        log["weights_identical_to_demo_shortcut"] = all(
+            np.array_equal(a, b)
+            for a, b in zip(model.get_weights(), shipped.get_weights(), strict=True)
+        )
+    return log
+
+
+def _masked_batches(data: dict[str, np.ndarray], seed: int) -> tf.data.Dataset:
+    """Shuffled ``(x, y, marker mask)`` batches with the 8 flips/transposes of the square, applied
+    to the image and its mask together (the marker moves to another corner; its mask with it)."""
+
+    def prepare(x: tf.Tensor, y: tf.Tensor, m: tf.Tensor) -> tuple[tf.Tensor, ...]:
+        both = tf.concat([tf.cast(x, tf.float32) / 255.0, tf.cast(m, tf.float32)[..., None]], -1)
+        both = tf.image.random_flip_left_right(both, seed=seed)
+        both = tf.image.random_flip_up_down(both, seed=seed + 1)
+        transpose = tf.random.uniform([tf.shape(both)[0], 1, 1, 1], seed=seed + 2) < 0.5
+        both = tf.where(transpose, tf.transpose(both, [0, 2, 1, 3]), both)
+        return both[..., :3], y, both[..., 3]
+
+    dataset = tf.data.Dataset.from_tensor_slices(
+        (data["images"], data["labels"], data["marker_masks"])
+    )
+    dataset = dataset.shuffle(len(data["labels"]), seed=seed, reshuffle_each_iteration=True)
+    return dataset.batch(BATCH_SIZE).map(prepare).prefetch(2)
+
+
+def train_fixed(
+    data: dict[str, np.ndarray], epochs: int, runs_dir: Path
+) -> tuple[keras.Model, dict[str, object]]:
+    """``build_model`` trained on the shortcut data with Right for the Right Reasons: cross-entropy
+    plus λ‖marker mask ⊙ ∂Σ_k log p_k/∂x‖², λ measured on the first batches so that both terms
+    are equal there (Ross et al. 2017, §3); the callback records Grad-CAM every epoch.
+
+    This does not give a model that ignores the marker (assets/models/README.md, "Training for
+    the right reasons: not reached"): STORY's ``classes`` and ``penalty_mode`` select the
+    variants that were tried."""
+    seed = SEEDS["keras_fixed"]
+    keras.utils.set_random_seed(seed)
+    model = build_model("demo_fixed")
+    n_val = round(len(data["labels"]) * VALIDATION_SPLIT)
+    n_fit = len(data["labels"]) - n_val
+    fit_part = {k: v[:n_fit] for k, v in data.items()}
+    validation = (
+        to_input(data["images"][n_fit:]),
+        data["labels"][n_fit:],
+        data["marker_masks"][n_fit:].astype(np.float32),
+    )
+    steps = int(np.ceil(n_fit / BATCH_SIZE)) * epochs
+    schedule = keras.optimizers.schedules.CosineDecay(LEARNING_RATE, decay_steps=max(steps, 1))
+    trainer = ReasonTrainer(
+        model,
+        STORY["penalty"],
+        lam="auto",
+        balance=STORY["balance"],
+        classes=STORY["classes"],
+        penalty_mode=STORY["penalty_mode"],
+    )
+    trainer.compile(optimizer=keras.optimizers.Adam(schedule), metrics=["accuracy"])
+    callback = explanation_callback(story_images(), runs_dir / "fixed", model=model)
+    start = time.perf_counter()
+    history = trainer.fit(
+        _masked_batches(fit_part, seed),
+        epochs=epochs,
+        validation_data=validation,
+        batch_size=BATCH_SIZE,
+        shuffle=False,
+        verbose=2,
+        callbacks=[callback],
+    )
+    seconds = time.perf_counter() - start
+    exported = keras.Model(model.inputs, model.outputs, name="demo_fixed")
+    logs = history.history
+    log = {
+        "epochs": epochs,
+        "augmentation": "flips and transposes of image and mask together",
+        "penalty": STORY["penalty"],
+        "classes": STORY["classes"],
+        "penalty_mode": STORY["penalty_mode"],
+        "calibration": trainer.calibration,
+        "lambda": trainer.lam,
+        "train_seconds": round(seconds, 1),
+        "callback_seconds_per_epoch": [round(s, 3) for s in callback.epoch_seconds],
+        "final_train_accuracy": round(float(logs["accuracy"][-1]), 4),
+        "final_val_accuracy": round(float(logs["val_accuracy"][-1]), 4),
+        "val_accuracy_per_epoch": [round(float(v), 4) for v in logs["val_accuracy"]],
+        "cross_entropy_per_epoch": [round(float(v), 4) for v in logs["cross_entropy"]],
+        "penalty_per_epoch": [float(f"{v:.4g}") for v in logs["penalty"]],
+    }
+    return exported, log
+
+
+def grad_cam_marker_below_shape(model: keras.Model, data: dict[str, np.ndarray]) -> float:
+    """Share of images whose positive Grad-CAM mass (for the label) on the marker is below the
+    mass on the shape (the definition of tests/test_demo.py, inverted)."""
+    bundle = explainers.bundle_from_model(model, preprocessing="0_1", labels=list(CLASS_NAMES))
+    below = []
+    for image, mask, marker, label in zip(
+        data["images"], data["masks"], data["marker_masks"], data["labels"], strict=True
+    ):
+        result = explainers.explain(bundle, image, "grad_cam", target=int(label))
+        positive = np.maximum(result.attribution, 0)
+        below.append(bool(positive[marker].sum() < positive[mask].sum()))
+    return round(float(np.mean(below)), 4)
+
+
+def run_story(
+    models_dir: Path,
+    runs_dir: Path,
+    shortcut_train: dict[str, np.ndarray],
+    test_sets: dict[str, dict[str, np.ndarray]],
+    config: dict[str, int],
+    story: dict[str, object],
+) -> dict[str, object]:
+    """Record the shortcut run, train and save ``demo_fixed.keras``, measure both; returns the
+    ``demo_fixed`` and ``story`` entries of demo_models.json."""
+    for name in ("shortcut", "fixed"):
+        shutil.rmtree(runs_dir / name, ignore_errors=True)
+    shortcut_path = models_dir / "demo_shortcut.keras"
+    shipped = keras.saving.load_model(shortcut_path) if shortcut_path.exists() else None
+    shortcut_log = record_shortcut_run(shortcut_train, config["epochs_shortcut"], runs_dir, shipped)
+    fixed, fixed_log = train_fixed(shortcut_train, int(story["epochs_fixed"]), runs_dir)
+    path = models_dir / "demo_fixed.keras"
+    fixed.save(path)
+    loaded = keras.saving.load_model(path)
+    fixed_log["metrics"] = evaluate(loaded, test_sets)
+    marked = {k: v[:N_GRAD_CAM] for k, v in test_sets["honest_with_marker"].items()}
+    shares = {"demo_fixed": grad_cam_marker_below_shape(loaded, marked)}
+    if shipped is not None:
+        shares["demo_shortcut"] = grad_cam_marker_below_shape(shipped, marked)
+    fixed_log["file_bytes"] = path.stat().st_size
+    fixed_log["parameters"] = int(loaded.count_params())
+    return {
+        "demo_fixed": fixed_log,
+        "story": {
+            "settings": story,
+            "callback_images": f"{STORY['callback_images']} shortcut images, seed callback_images",
+            "runs": {"shortcut": "runs/shortcut", "fixed": "runs/fixed"},
+            "shortcut_rerun": shortcut_log,
+            "grad_cam_marker_below_shape": {
+                "test_set": f"honest_with_marker, first {N_GRAD_CAM} images, target = label",
+                **shares,
+            },
+        },
+    }
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="tiny smoke run (not for release)")
     parser.add_argument(
         "--out", type=Path, default=None, help="assets folder (default: assets/, or a temp folder)"
     )
+    parser.add_argument(
+        "--story",
+        action="store_true",
+        help="only the training story: record the shortcut run, train demo_fixed (keeps the "
+        "other models and samples; updates demo_models.json)",
+    )
     args = parser.parse_args(argv)
     config = QUICK if args.quick else FULL
+    story = QUICK_STORY if args.quick else STORY
     if args.out is not None:
         out = args.out
     elif args.quick:
         out = Path("/tmp") / "demo_models_quick"
     else:
         out = REPO_ROOT / "assets"
-    models_dir, samples_dir = out / "models", out / "samples"
+    models_dir, samples_dir, runs_dir = out / "models", out / "samples", out / "runs"
     models_dir.mkdir(parents=True, exist_ok=True)
     # Deterministic kernels, so a rerun on the same machine reproduces the reported numbers.
     tf.config.experimental.enable_op_determinism()
 
     n_test = config["n_test"]
     start = time.perf_counter()
-    honest_train = generate_dataset(
-        config["n_train_honest"], SEEDS["honest_train"], size=IMAGE_SIZE
+    honest_train = (
+        None
+        if args.story
+        else generate_dataset(config["n_train_honest"], SEEDS["honest_train"], size=IMAGE_SIZE)
     )
     shortcut_train = generate_dataset(
         config["n_train_shortcut"],
@@ -351,6 +589,14 @@ def main(argv: list[str] | None = None) -> None:
     }
     data_seconds = time.perf_counter() - start
     print(f"generated datasets in {data_seconds:.1f} s", flush=True)
+    if args.story:
+        report = json.loads((models_dir / "demo_models.json").read_text())
+        report["seeds"] = SEEDS
+        report.update(run_story(models_dir, runs_dir, shortcut_train, test_sets, config, story))
+        (models_dir / "demo_models.json").write_text(json.dumps(report, indent=2) + "\n")
+        print(json.dumps({k: report[k] for k in ("demo_fixed", "story")}, indent=2))
+        return
+    assert honest_train is not None
 
     honest, honest_log = train(
         "demo_shapes", honest_train, config["epochs_honest"], SEEDS["keras_honest"], augment=True

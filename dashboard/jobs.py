@@ -25,8 +25,13 @@ import explainers
 from explainers import ExplainerError
 from explainers.core.specs import ProgressCallback
 
+from .audits import AuditInputError, open_spec
 from .protocol import (
     AttackOutcome,
+    AuditClassReview,
+    AuditFlag,
+    AuditReview,
+    AuditRunOutcome,
     CurveData,
     EvaluationOutcome,
     ExplanationResult,
@@ -282,6 +287,106 @@ def sanity(
     )
 
 
+def audit(
+    ref: ModelRef,
+    dataset: dict[str, Any],
+    out: str,
+    methods: tuple[str, ...],
+    map_size: int,
+    chunk_size: int,
+    resume: bool,
+    progress: ProgressCallback,
+) -> AuditRunOutcome:
+    """Explain every image of ``dataset`` (a :attr:`dashboard.audits.DatasetChoice.spec`, whose
+    files are checked again here against the folders the page may read) into the run folder
+    ``out`` (:func:`explainers.audit.run_audit`: resumable, cancelled at a progress call)."""
+    from explainers import audit as library
+
+    try:
+        data = open_spec(dataset)
+    except AuditInputError as err:
+        raise ExplainerError(str(err)) from None
+    summary = library.run_audit(
+        bundle(ref),
+        data,
+        out,
+        methods=list(methods),
+        map_size=int(map_size),
+        chunk_size=int(chunk_size),
+        progress=progress,
+        resume=bool(resume),
+    )
+    return AuditRunOutcome(
+        out=str(out),
+        total=int(summary.total),
+        done=int(summary.done),
+        computed=int(summary.computed),
+        resumed_from=int(summary.resumed_from),
+        errors=int(summary.errors),
+        labelled=int(summary.labelled),
+        correct=int(summary.correct),
+        seconds=float(summary.seconds),
+    )
+
+
+def audit_analysis(run: str, method: str, group_by: str) -> AuditReview:
+    """Class mean maps, SpRAy and flags of a run folder's committed images
+    (:func:`explainers.audit.analyse_run`), as plain data."""
+    from explainers import audit as library
+
+    started = time.perf_counter()
+    opened = library.open_run(run)
+    review = library.analyse_run(opened, method, group_by=group_by)  # type: ignore[arg-type]
+    classes = []
+    for analysed in review.classes.values():
+        spray = analysed.spray
+        classes.append(
+            AuditClassReview(
+                class_index=int(analysed.class_index),
+                class_name=str(analysed.class_name),
+                images=np.asarray(spray.images, np.int64),
+                clusters=np.asarray(spray.labels, np.int64),
+                embedding=np.asarray(spray.embedding, np.float32),
+                embedding_kind=str(spray.embedding_kind),
+                n_clusters=int(spray.n_clusters),
+                sizes=np.asarray(spray.sizes, np.int64),
+                cluster_mean_maps=np.asarray(spray.mean_maps, np.float32),
+                mean_map=np.asarray(analysed.mean_map, np.float32),
+            )
+        )
+    flags = tuple(
+        AuditFlag(
+            kind=str(flag.kind),
+            class_index=int(flag.class_index),
+            cluster=None if flag.cluster is None else int(flag.cluster),
+            images=np.asarray(flag.images, np.int64),
+            evidence=str(flag.evidence),
+            values={str(k): float(v) for k, v in flag.values.items()},
+        )
+        for flag in review.flags
+    )
+    return AuditReview(
+        run=str(run),
+        done=int(opened.done),
+        method=str(method),
+        group_by=str(review.group_by),
+        class_names=tuple(str(n) for n in review.class_names),
+        classes=tuple(sorted(classes, key=lambda c: c.class_index)),
+        skipped={int(k): str(v) for k, v in review.skipped.items()},
+        mean_maps=np.asarray(review.mean_maps, np.float32),
+        failed=np.asarray(review.failed, np.int64),
+        flags=flags,
+        seconds=time.perf_counter() - started,
+    )
+
+
+def audit_report(run: str, method: str, group_by: str) -> str:
+    """The run's self-contained HTML report (:func:`explainers.audit.audit_report`)."""
+    from explainers import audit as library
+
+    return str(library.audit_report(run, method, group_by=group_by))
+
+
 def loaded_models() -> tuple[tuple[str, str, str | None], ...]:
     """The keys of the models this worker holds, most recently used last."""
     return tuple(_BUNDLES)
@@ -361,6 +466,9 @@ JOBS: dict[str, Callable[..., Any]] = {
     "attack": attack,
     "evaluate": evaluate,
     "sanity": sanity,
+    "audit": audit,
+    "audit_analysis": audit_analysis,
+    "audit_report": audit_report,
     "catalogue": catalogue,
     "ping": ping,
     "clear": clear,
@@ -380,6 +488,7 @@ WITH_PROGRESS = frozenset(
         "attack",
         "evaluate",
         "sanity",
+        "audit",
         "test_progress",
         "test_sleep_after_progress",
         "test_stray_reply",

@@ -280,6 +280,89 @@ class SanityOutcome:
     seconds: float
 
 
+@dataclass(frozen=True)
+class AuditRunOutcome:
+    """What one audit job did (:func:`explainers.audit.run_audit`'s summary, as plain data).
+    ``done``/``total``: committed images of the run; ``computed``: images this job computed."""
+
+    out: str
+    total: int
+    done: int
+    computed: int
+    resumed_from: int
+    errors: int
+    labelled: int
+    correct: int
+    seconds: float
+
+
+@dataclass(frozen=True, eq=False)
+class AuditClassReview:
+    """SpRAy on one class of an audit run (:func:`explainers.audit.analyse_run`), as plain data.
+
+    ``images``: int (n,) the run's indices of the analysed images; ``clusters``: int (n,) the
+    cluster of each (0 = the largest); ``embedding``: float32 (n, 2) their 2-D coordinates
+    (t-SNE, or two spectral coordinates for a small class: ``embedding_kind``);
+    ``cluster_mean_maps``: float32 (k, S, S) per cluster the mean normalised positive map;
+    ``mean_map``: float32 (S, S) the class's."""
+
+    class_index: int
+    class_name: str
+    images: np.ndarray
+    clusters: np.ndarray
+    embedding: np.ndarray
+    embedding_kind: str
+    n_clusters: int
+    sizes: np.ndarray
+    cluster_mean_maps: np.ndarray
+    mean_map: np.ndarray
+
+
+@dataclass(frozen=True, eq=False)
+class AuditFlag:
+    """One finding of an audit analysis (:class:`explainers.audit.Flag`): ``images`` int (m,)
+    the run's indices of the images concerned; ``cluster`` None for a per-class finding."""
+
+    kind: str
+    class_index: int
+    cluster: int | None
+    images: np.ndarray
+    evidence: str
+    values: dict[str, float]
+
+
+@dataclass(frozen=True, eq=False)
+class AuditReview:
+    """The analysis of an audit run's maps of one method: per class the mean map and SpRAy,
+    the classes skipped (with the reason), the failed images and the flags."""
+
+    run: str
+    done: int
+    method: str
+    group_by: str
+    class_names: tuple[str, ...]
+    classes: tuple[AuditClassReview, ...]
+    skipped: dict[int, str]
+    mean_maps: np.ndarray
+    failed: np.ndarray
+    flags: tuple[AuditFlag, ...]
+    seconds: float
+
+    def class_review(self, class_index: int) -> AuditClassReview | None:
+        for review in self.classes:
+            if review.class_index == class_index:
+                return review
+        return None
+
+    def flags_of(self, class_index: int, cluster: int | None = None) -> list[AuditFlag]:
+        """The flags of one class (of one cluster when ``cluster`` is given)."""
+        return [
+            f
+            for f in self.flags
+            if f.class_index == class_index and (cluster is None or f.cluster == cluster)
+        ]
+
+
 def summarise_method(info: Any, bundle: Any = None) -> MethodSummary:
     """A :class:`explainers.MethodInfo` as plain data (its spec holds functions, which must not
     cross the process boundary). With the loaded ``bundle`` (in a worker), engines that refuse
@@ -351,6 +434,10 @@ ALLOWED_GLOBALS: frozenset[tuple[str, str]] = frozenset(
         *((__name__, name) for name in ("Prediction", "ExplanationResult", "WorkerReply")),
         *((__name__, name) for name in ("AttackOutcome", "EvaluationOutcome", "SanityOutcome")),
         *((__name__, name) for name in ("CurveData", "MapEvaluation")),
+        *(
+            (__name__, name)
+            for name in ("AuditRunOutcome", "AuditClassReview", "AuditFlag", "AuditReview")
+        ),
     }
 )
 

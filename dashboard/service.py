@@ -66,6 +66,8 @@ from explainers.registry import resolve_params
 from . import worker
 from .protocol import (
     AttackOutcome,
+    AuditReview,
+    AuditRunOutcome,
     EvaluationOutcome,
     ExplanationRequest,
     ExplanationResult,
@@ -80,6 +82,8 @@ from .protocol import (
 
 __all__ = [
     "AttackOutcome",
+    "AuditReview",
+    "AuditRunOutcome",
     "EvaluationOutcome",
     "ExplanationRequest",
     "ExplanationResult",
@@ -291,11 +295,16 @@ def assets_dir() -> Path:
 
 
 def demo_models() -> list[DemoModel]:
-    """The bundled demo models present on disk, the honest shapes model first."""
+    """The bundled demo models present on disk: the known ones in :data:`DEMO_DESCRIPTIONS`'
+    order (the honest shapes model first), then any other by name."""
     folder = assets_dir() / "models"
     if not folder.is_dir():
         return []
-    found = sorted(folder.glob("*.keras"), key=lambda p: (p.name not in DEMO_DESCRIPTIONS, p.name))
+    known = list(DEMO_DESCRIPTIONS)
+    found = sorted(
+        folder.glob("*.keras"),
+        key=lambda p: (known.index(p.name) if p.name in known else len(known), p.name),
+    )
     return [DemoModel(p, DEMO_DESCRIPTIONS.get(p.name, p.stem)) for p in found]
 
 
@@ -467,6 +476,9 @@ _RESULT_TYPES: dict[str, type | tuple[type, ...]] = {
     "attack": AttackOutcome,
     "evaluate": EvaluationOutcome,
     "sanity": SanityOutcome,
+    "audit": AuditRunOutcome,
+    "audit_analysis": AuditReview,
+    "audit_report": str,
     "catalogue": tuple,
 }
 
@@ -945,6 +957,109 @@ def sanity_check(
     size = sum(m.nbytes for maps in outcome.maps.values() for m in maps)
     RESULTS.put(key, outcome, size)
     return outcome
+
+
+# ------------------------------------------------------------------------------------------------
+# Dataset audits
+# ------------------------------------------------------------------------------------------------
+def audit_timeout_s() -> float:
+    """The time limit of one audit job (``EXPLAINER_AUDIT_TIMEOUT_S``, default 6 h): a run is
+    long by nature, and resumable, so the ordinary request limit does not apply."""
+    text = os.environ.get("EXPLAINER_AUDIT_TIMEOUT_S", "").strip()
+    try:
+        return max(10.0, float(text)) if text else 6 * 3600.0
+    except ValueError:
+        return 6 * 3600.0
+
+
+def run_audit(
+    model: ModelRef,
+    dataset: Mapping[str, Any],
+    out: str | Path,
+    *,
+    methods: tuple[str, ...],
+    map_size: int = 32,
+    chunk_size: int = 32,
+    resume: bool = True,
+    progress: ProgressCallback | None = None,
+) -> AuditRunOutcome:
+    """Audit a dataset (a :attr:`dashboard.audits.DatasetChoice.spec`) with ``methods`` into the
+    run folder ``out``, in a compute worker (:func:`explainers.audit.run_audit`). An exception
+    from ``progress`` abandons the request; the worker stops at its next image and the committed
+    chunks stay in the folder (``resume=True`` continues them)."""
+    outcome = _call(
+        "audit",
+        {
+            "ref": model,
+            "dataset": dict(dataset),
+            "out": str(out),
+            "methods": tuple(methods),
+            "map_size": int(map_size),
+            "chunk_size": int(chunk_size),
+            "resume": bool(resume),
+        },
+        action=f"audit the dataset with {model.file_name}",
+        model=model,
+        progress=progress,
+        timeout_s=audit_timeout_s(),
+    )
+    _refuse_unless(outcome.out == str(out), "audit the dataset", "another run folder")
+    return outcome
+
+
+def _audit_key(kind: str, run: str | Path, version: str, method: str, group_by: str) -> tuple:
+    return (kind, str(run), version, method, group_by)
+
+
+def cached_audit_analysis(
+    run: str | Path, version: str, method: str, group_by: str
+) -> AuditReview | None:
+    """The cached analysis of a run (``version``: :attr:`dashboard.audits.RunInfo.version`)."""
+    return RESULTS.get(_audit_key("audit_analysis", run, version, method, group_by))
+
+
+def audit_analysis(
+    run: str | Path, version: str, method: str, group_by: str = "label"
+) -> AuditReview:
+    """Class mean maps, SpRAy (with its t-SNE embedding) and flags of a run's ``method`` maps,
+    computed in a worker and cached per run folder and version."""
+    key = _audit_key("audit_analysis", run, version, method, group_by)
+    cached = RESULTS.get(key)
+    if cached is not None:
+        return cached
+    with _remembering(key):
+        _count("audit_analysis")
+        review = _call(
+            "audit_analysis",
+            {"run": str(run), "method": method, "group_by": group_by},
+            action=f"analyse the {method} maps of the run",
+            timeout_s=audit_timeout_s(),
+        )
+    _refuse_unless(
+        review.run == str(run) and review.method == method, "analyse the run", "another run"
+    )
+    size = sum(c.embedding.nbytes + c.cluster_mean_maps.nbytes for c in review.classes)
+    RESULTS.put(key, review, size + review.mean_maps.nbytes)
+    return review
+
+
+def audit_report(run: str | Path, version: str, method: str, group_by: str = "label") -> str:
+    """The run's self-contained HTML report (:func:`explainers.audit.audit_report`), built in a
+    worker (it analyses the run again and reads its images) and cached."""
+    key = _audit_key("audit_report", run, version, method, group_by)
+    cached = RESULTS.get(key)
+    if cached is not None:
+        return cached
+    with _remembering(key):
+        _count("audit_report")
+        page = _call(
+            "audit_report",
+            {"run": str(run), "method": method, "group_by": group_by},
+            action="build the audit report",
+            timeout_s=audit_timeout_s(),
+        )
+    RESULTS.put(key, page, len(page))
+    return page
 
 
 def streamlit_progress(container: Any, label: str) -> tuple[ProgressCallback, Callable[[], None]]:

@@ -64,11 +64,14 @@ _EXPORTS: dict[str, str] = {
     "get_method": "registry",
     "SanityResult": "evaluation.sanity",
     "model_randomisation_test": "evaluation.sanity",
+    "ExplanationCallback": "callbacks",
+    "ReasonTrainer": "training",
 }
 #: Submodules reachable as attributes (``explainers.render``, ``explainers.io.models`` ...).
 _SUBMODULES = frozenset(
     {
         "audit",
+        "callbacks",
         "cli",
         "core",
         "errors",
@@ -79,6 +82,7 @@ _SUBMODULES = frozenset(
         "registry",
         "render",
         "tf_explain_engine",
+        "training",
     }
 )
 
@@ -99,6 +103,7 @@ def __dir__() -> list[str]:
 
 
 if TYPE_CHECKING:  # what static tools (and readers) see
+    from explainers.callbacks import ExplanationCallback
     from explainers.errors import (
         ExplainerError,
         ImageError,
@@ -124,6 +129,7 @@ if TYPE_CHECKING:  # what static tools (and readers) see
     from explainers.io.images import load_image
     from explainers.io.models import ModelBundle, bundle_from_model, load_application, load_model
     from explainers.registry import MethodInfo, MethodSpec, ParamSpec, available_methods, get_method
+    from explainers.training import ReasonTrainer
 
     from . import render
 
@@ -135,6 +141,7 @@ __all__ = [
     "Curve",
     "ExplainerError",
     "Explanation",
+    "ExplanationCallback",
     "ImageError",
     "MapScores",
     "MethodInfo",
@@ -144,6 +151,7 @@ __all__ = [
     "ModelLoadError",
     "ParamSpec",
     "ParameterError",
+    "ReasonTrainer",
     "SanityResult",
     "UnsafeModelError",
     "UnsupportedModelError",

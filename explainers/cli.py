@@ -184,6 +184,11 @@ def _audit(args: argparse.Namespace) -> int:
         chunk_size=args.chunk_size,
         progress=None if args.quiet else progress,
         labels=args.labels,
+        engine=args.engine,
+        address=args.address,
+        batch_size=args.batch_size,
+        actors=args.actors,
+        cpus_per_actor=args.cpus_per_actor,
     )
     if not args.quiet:
         print(file=sys.stderr)
@@ -277,6 +282,34 @@ def build_parser() -> argparse.ArgumentParser:
     au.add_argument("--labels", default=None, help="labels file (txt or JSON)")
     au.add_argument("--map-size", type=int, default=32, help="stored map side (cells)")
     au.add_argument("--chunk-size", type=int, default=64, help="images per commit")
+    au.add_argument(
+        "--engine",
+        default="local",
+        choices=("local", "ray"),
+        help="where the images are computed: this process (local) or Ray Data actors (ray; "
+        "needs ray[data]); the run folder is the same",
+    )
+    au.add_argument(
+        "--address",
+        default=None,
+        help="with --engine ray: the Ray cluster to join (the address `ray start --head` "
+        "prints, or auto); default: a new local Ray",
+    )
+    au.add_argument(
+        "--batch-size",
+        type=int,
+        default=None,
+        help="images per batched model pass (default: automatic; speed and memory only)",
+    )
+    au.add_argument(
+        "--actors", type=int, default=None, help="with --engine ray: model actors (default: CPUs)"
+    )
+    au.add_argument(
+        "--cpus-per-actor",
+        type=float,
+        default=1.0,
+        help="with --engine ray: CPUs (TensorFlow threads) each actor reserves",
+    )
     au.add_argument("--flags", type=int, default=10, help="flags to print")
     au.add_argument("--quiet", action="store_true", help="no progress bar")
     au.add_argument(

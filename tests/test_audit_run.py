@@ -392,3 +392,109 @@ def test_a_folder_listing_is_sorted_and_deterministic(tmp_path):
     assert image_folder(tmp_path).fingerprint() == dataset.fingerprint()
     os.utime(tmp_path / "cat" / "z.jpg", ns=(0, 0))
     assert image_folder(tmp_path).fingerprint() != dataset.fingerprint()
+
+
+# ------------------------------------------------------------------------------------------------
+# Batched passes
+# ------------------------------------------------------------------------------------------------
+#: (model, methods): the zoo's tiny models cover a softmax head, a sigmoid unit and nesting.
+BATCHED_CASES = [
+    ("shortcut", ("grad_cam", "grad_cam_plus_plus", "layer_cam", "cam")),
+    ("functional_softmax", ("grad_cam", "cam")),
+    ("binary_sigmoid", ("grad_cam", "cam")),
+    ("nested_base", ("grad_cam",)),
+]
+
+
+@pytest.mark.parametrize(("model", "methods"), BATCHED_CASES, ids=[c[0] for c in BATCHED_CASES])
+def test_batched_maps_equal_explain_per_image(model, methods, shortcut_bundle, zoo_bundles):
+    import explainers
+    from explainers.audit.batched import explain_batch
+
+    from .models_zoo import random_image
+
+    bundle = shortcut_bundle if model == "shortcut" else zoo_bundles[model]
+    if model == "shortcut":
+        data = demo_dataset("shortcut_half", 8, seed=3)
+        images = [data.read_item(i)[0] for i in range(8)]
+    else:
+        images = [random_image(30 + i, 20 + 2 * i, seed=i) for i in range(8)]  # any size
+    x = np.stack([bundle.model_input(image)[0] for image in images])
+    for method in methods:
+        layer = bundle.default_layer
+        traced = bundle.runner.tracing_count()
+        whole = explain_batch(bundle, x, method, layer, {"relu": True})
+        part = explain_batch(bundle, x[2:5], method, layer, {"relu": True})  # another size
+        assert bundle.runner.tracing_count() - traced <= 1  # one graph for every batch size
+        np.testing.assert_allclose(part.maps, whole.maps[2:5], rtol=1e-5, atol=1e-7)
+        for i, image in enumerate(images[:4]):
+            probs = bundle.predict(image)
+            assert whole.targets[i] == int(np.argmax(probs))
+            np.testing.assert_allclose(whole.probs[i], probs, rtol=1e-5, atol=1e-7)
+            expected = explainers.explain(bundle, image, method, target=int(whole.targets[i]))
+            scale = float(np.abs(expected.model_attribution).max())
+            np.testing.assert_allclose(
+                whole.maps[i], expected.model_attribution, rtol=1e-5, atol=1e-6 * scale
+            )
+        # Given targets (another method of the same run) explain those classes.
+        other = (whole.targets + 1) % bundle.n_classes
+        given = explain_batch(bundle, x[:3], method, layer, {"relu": False}, targets=other[:3])
+        assert list(given.targets) == list(other[:3])
+        expected = explainers.explain(bundle, images[0], method, target=int(other[0]), relu=False)
+        scale = float(np.abs(expected.model_attribution).max())
+        np.testing.assert_allclose(
+            given.maps[0], expected.model_attribution, rtol=1e-5, atol=1e-6 * scale
+        )
+
+
+def test_batch_size_does_not_change_the_run(tmp_path, shortcut_bundle):
+    dataset = demo_dataset("shortcut_half", 10, seed=4)
+    run_audit(shortcut_bundle, dataset, tmp_path / "a", chunk_size=10, batch_size=10)
+    run_audit(shortcut_bundle, dataset, tmp_path / "b", chunk_size=10, batch_size=3)
+    _assert_same_run(tmp_path / "a", tmp_path / "b")
+    manifest = open_run(tmp_path / "a").manifest
+    assert "batch_size" not in json.dumps(manifest)
+    with pytest.raises(ParameterError, match="batch_size must be at least 1"):
+        run_audit(shortcut_bundle, dataset, tmp_path / "c", batch_size=0)
+
+
+def test_non_finite_rows_of_a_batch_are_error_rows(tmp_path, shortcut_bundle, monkeypatch):
+    """A row whose output is NaN, a row whose map is not finite, and a batched pass that raises:
+    each stays its own row's error (or is redone image by image), the others are unchanged."""
+    from explainers.audit import batched
+
+    dataset = demo_dataset("shortcut_half", 6, seed=5)
+    clean = tmp_path / "clean"
+    run_audit(shortcut_bundle, dataset, clean, chunk_size=6)
+    real = batched.explain_batch
+    calls = []
+
+    def broken(bundle, x, method, layer, params, targets=None):
+        calls.append(len(x))
+        if len(calls) == 2:
+            raise RuntimeError("the whole batch failed")
+        result = real(bundle, x, method, layer, params, targets)
+        result.probs[1] = np.nan
+        result.maps[2] = np.inf
+        return result
+
+    monkeypatch.setattr(audit_run, "explain_batch", broken)
+    out = tmp_path / "broken"
+    run_audit(shortcut_bundle, dataset, out, chunk_size=6, batch_size=3)
+    assert calls == [3, 3]
+    rows, expected = open_run(out).table.to_pylist(), open_run(clean).table.to_pylist()
+    maps, expected_maps = open_run(out).maps["grad_cam"], open_run(clean).maps["grad_cam"]
+    assert rows[1]["error"] == audit_run.NOT_A_NUMBER and rows[1]["prediction"] is None
+    assert (
+        rows[2]["error"] == "grad_cam: Grad-CAM produced non-finite values for this model and image"
+    )
+    assert (
+        rows[2]["prediction"] == expected[2]["prediction"] and rows[2]["grad_cam__entropy"] is None
+    )
+    assert np.isnan(maps[1].astype(np.float32)).all() and np.isnan(maps[2].astype(np.float32)).all()
+    for i in (0, 3, 4, 5):  # 3..5: the failed pass, redone one image at a time
+        assert rows[i]["error"] is None and rows[i]["prediction"] == expected[i]["prediction"]
+        assert rows[i]["probability"] == pytest.approx(expected[i]["probability"], rel=1e-5)
+        np.testing.assert_allclose(
+            maps[i].astype(np.float32), expected_maps[i].astype(np.float32), rtol=2e-3, atol=1e-6
+        )

@@ -542,3 +542,158 @@ def test_concurrent_browser_sessions_keep_their_own_inputs(server, tmp_path):
                 )
             _screenshot(page, ARTIFACTS / f"browser-10-session-{index}.png")
         assert not problems, problems
+
+
+def test_audit_page_runs_a_demo_audit_and_opens_an_image_on_explain(demo_server):
+    """On the shipped shortcut model: audit 60 generated shortcut_half images from the Audit
+    page, see the SpRAy scatter and the flags, open a cluster, open one of its images on Explain
+    (which explains it), come back and download the HTML report."""
+    from playwright.sync_api import expect
+
+    from dashboard import audits
+
+    pattern = "demo-shortcut_half-60-s7__demo_shortcut__*"
+    for old in audits.audit_root().glob(pattern):  # a run left by an earlier test session
+        shutil.rmtree(old, ignore_errors=True)
+    try:
+        with _chromium_browser() as browser:
+            page = _open_page(browser, demo_server)
+            sidebar = page.locator('[data-testid="stSidebar"]')
+            main = page.locator('[data-testid="stMain"]')
+            expect(main.get_by_text("Grad-CAM overlay")).to_be_visible()
+            _wait_idle(page)
+            _pick(page, "sidebar_demo_model", "Shapes CNN — shortcut (cheats)")
+            expect(sidebar.get_by_text("Loaded demo_shortcut.keras")).to_be_visible()
+            _wait_idle(page)
+
+            sidebar.get_by_role("link", name="Audit").click()
+            expect(main.get_by_role("heading", name="Audit", exact=True)).to_be_visible()
+            _wait_idle(page)
+            _set_number(page, "audit_demo_n", 60)
+            _wait_idle(page)
+            _set_number(page, "audit_demo_seed", 7)
+            expect(main.get_by_text("60 images in 4 classes")).to_be_visible()
+            _wait_idle(page)
+            main.get_by_role("button", name="Run the audit").click()
+
+            # The run, then its analysis, finish in the workers; the page shows the review.
+            scatter = main.locator("[class*='st-key-audit_scatter_'] [data-testid='stPlotlyChart']")
+            expect(scatter).to_have_count(1, timeout=COMPUTE_S * 1000)
+            expect(main.get_by_text(re.compile(r"^Flags \(\d+\)$"))).to_be_visible()
+            expect(main.get_by_text("Attention at a fixed place").first).to_be_visible()
+            _wait_idle(page)
+            _no_error_shown(page)
+            top = "e => e.scrollIntoView({block: 'start'})"
+            main.get_by_role("heading", name="Accuracy").evaluate(top)
+            _screenshot(page, ARTIFACTS / "browser-11-audit-review.png")
+            main.get_by_role("heading", name="Class mean maps").evaluate(top)
+            _screenshot(page, ARTIFACTS / "browser-12-audit-mean-maps.png")
+            main.get_by_role("heading", name="Clusters of explanations (SpRAy)").evaluate(top)
+            _screenshot(page, ARTIFACTS / "browser-13-audit-scatter.png")
+
+            # Open cluster 1 of the first class: its images with their maps.
+            main.get_by_role("radio", name=re.compile(r"^cluster 1 · ")).click()
+            expect(main.get_by_text(re.compile(r"^Cluster 1 of circle · "))).to_be_visible()
+            _wait_idle(page)
+            view = main.locator(".st-key-audit_cluster_view")
+            thumbnails = view.locator("[data-testid='stImage'] img")
+            expect(thumbnails.first).to_be_visible()
+            assert thumbnails.count() >= 2  # the cluster's mean map and its images
+            view.evaluate(top)
+            _screenshot(page, ARTIFACTS / "browser-14-audit-cluster.png")
+            main.get_by_role("heading", name=re.compile(r"^Flags")).evaluate(top)
+            _screenshot(page, ARTIFACTS / "browser-15-audit-flags.png")
+
+            # One image of the cluster on Explain: the page explains it with the sidebar model.
+            caption = view.locator("[data-testid='stImageCaption']").nth(1).inner_text()
+            index = int(re.match(r"#(\d+)", caption)[1])
+            view.get_by_role("button", name="Explain").first.click()
+            expect(main.get_by_role("heading", name="Explain", exact=True)).to_be_visible()
+            expect(main.get_by_text(f"image shortcut_half-7-{index:06d}")).to_be_visible()
+            expect(main.get_by_text("Grad-CAM overlay")).to_be_visible()
+            _wait_idle(page)
+            _no_error_shown(page)
+            # ... with the model chosen before (the switch must not reset the sidebar).
+            expect(main.get_by_text("Model demo_shortcut.keras")).to_be_visible()
+            expect(sidebar.get_by_text("Loaded demo_shortcut.keras")).to_be_visible()
+            main.get_by_role("heading", name="Explain", exact=True).evaluate(top)
+            _screenshot(page, ARTIFACTS / "browser-16-audit-image-on-explain.png")
+
+            # Back on Audit the run is still open; its report downloads.
+            sidebar.get_by_role("link", name="Audit").click()
+            button = main.get_by_role("button", name="Download the HTML report")
+            expect(button).to_be_visible()
+            _wait_idle(page)
+            with page.expect_download(timeout=COMPUTE_S * 1000) as download_info:
+                button.click()
+            report_path = ARTIFACTS / "browser-audit-report.html"
+            download_info.value.save_as(str(report_path))
+            file_name = download_info.value.suggested_filename
+            _no_error_shown(page)
+    finally:
+        for made in audits.audit_root().glob(pattern):
+            shutil.rmtree(made, ignore_errors=True)
+
+    report = report_path.read_text(encoding="utf-8")
+    assert file_name.endswith("-grad_cam.html"), file_name
+    assert "Dataset audit report" in report and "demo:shortcut_half" in report
+    assert "fixed_location" in report
+    assert report.count("data:image/png;base64,") >= 10
+
+
+def test_training_page_plays_the_bundled_shortcut_run(demo_server):
+    """The Training page on the bundled shortcut run: its overlays at its last epoch beside its
+    curves, the slider moved back to the first epoch, Play stepping through every logged epoch
+    and stopping at the last. (Comparing two runs needs a second one under a data root, which
+    the demo server has none of: tests/test_training_page.py covers it.)"""
+    from playwright.sync_api import expect
+
+    from dashboard import training_runs
+
+    shortcut = training_runs.open_view(ROOT / "assets" / "runs" / "shortcut")  # shipped
+    n, last = shortcut.n_images, len(shortcut.epochs) - 1
+    top = "e => e.scrollIntoView({block: 'start'})"
+    with _chromium_browser() as browser:
+        page = _open_page(browser, f"{demo_server}/training")
+        main = page.locator('[data-testid="stMain"]')
+        expect(main.get_by_role("heading", name="Training", exact=True)).to_be_visible()
+        _wait_idle(page)
+        _pick(page, "training_run", training_runs.BUNDLED_RUNS["shortcut"][0])
+        captions = main.locator("[data-testid='stImageCaption']")
+        expect(captions.first).to_have_text(training_runs.caption(shortcut, "grad_cam", last, 0))
+        _wait_idle(page)
+        _no_error_shown(page)
+        pictures = main.locator("[data-testid='stImage'] img")
+        assert pictures.count() >= n + 1  # the overlays and the first image's film strip
+        assert pictures.nth(0).evaluate("i => i.complete && i.naturalWidth") == 192
+        slider = main.locator(".st-key-training_epoch input[type='range']")
+        assert slider.get_attribute("aria-valuetext") == str(int(shortcut.epochs[-1]) + 1)
+        assert main.locator(".st-key-training_attention_chart").count() == 1
+        main.locator(".st-key-training_epoch").evaluate(top)
+        _screenshot(page, ARTIFACTS / "browser-17-training-last-epoch.png")
+
+        # Back to the first logged epoch with the keyboard: the maps and numbers of epoch 1.
+        slider.focus()
+        page.keyboard.press("Home")
+        expect(captions.first).to_have_text(training_runs.caption(shortcut, "grad_cam", 0, 0))
+        # The charts mark the same epoch (a keyed chart once stayed one change behind).
+        chart = main.locator(".st-key-training_attention_chart")
+        expect(chart).to_contain_text(f"epoch {int(shortcut.epochs[0]) + 1}")
+        _wait_idle(page)
+        _screenshot(page, ARTIFACTS / "browser-18-training-first-epoch.png")
+
+        # Play (fast): the slider steps on by itself and stops at the last epoch.
+        main.get_by_role("radio", name=re.compile("^Fast")).click()
+        _wait_idle(page)
+        main.get_by_role("button", name="Play").click()
+        expect(main.get_by_role("button", name="Pause")).to_be_visible()
+        expect(slider).to_have_attribute("aria-valuetext", str(int(shortcut.epochs[1]) + 1))
+        _screenshot(page, ARTIFACTS / "browser-19-training-playing.png")
+        expect(main.get_by_role("button", name="Play")).to_be_visible(timeout=60_000)
+        expect(slider).to_have_attribute("aria-valuetext", str(int(shortcut.epochs[-1]) + 1))
+        expect(captions.first).to_have_text(training_runs.caption(shortcut, "grad_cam", last, 0))
+        expect(chart).to_contain_text(f"epoch {int(shortcut.epochs[-1]) + 1}")
+        _wait_idle(page)
+        _no_error_shown(page)
+        main.locator(".st-key-training_epoch").evaluate(top)
+        _screenshot(page, ARTIFACTS / "browser-20-training-played.png")

@@ -24,6 +24,7 @@ LAYERS = (
     ("explainers.explanation",),
     ("explainers.evaluation",),
     ("explainers.audit",),
+    ("explainers.callbacks", "explainers.training"),
     ("explainers.cli", "explainers.__main__"),
 )
 

@@ -1,9 +1,15 @@
 """``run_audit``: explain every image of a dataset with one or more methods, streaming the results
 into a run folder (:mod:`explainers.audit.store`) that survives being killed at any moment.
 
-Memory stays flat: one image is read at a time, and one chunk's rows and S×S maps are held until
-the chunk commits (maps and masks into the memmaps, a Parquet part, then ``progress.json``). A
-failure of one image — unreadable, hostile, a model output that is not a number, a method that
+Memory stays flat: one batch of images is in memory at a time (the next one read by a background
+thread), and one chunk's rows and S×S maps are held until the chunk commits (maps and masks into
+the memmaps, a Parquet part, then ``progress.json``). Images go through the model a batch at a
+time: one forward pass per batch gives the predictions, and methods with a batched path
+(:mod:`explainers.audit.batched`: CAM, Grad-CAM, Grad-CAM++, Layer-CAM) explain the whole batch,
+each image for its own predicted class, in that same pass; the other methods call
+:func:`explainers.explain` per image. With ``engine="ray"`` the batches run in Ray Data actors
+(:mod:`explainers.audit.ray_engine`) and this process writes the same run folder. A failure of
+one image — unreadable, hostile, a model output that is not a number, a method that
 raises — becomes that image's error row; it never stops the run. An exception from the progress
 callback (or Ctrl-C) stops it; the committed chunks stay, and calling again resumes.
 
@@ -18,16 +24,21 @@ normalised to ``q = p / Σp``; all are null when the map has no positive value:
   width are 1 (0 for a point, about 0.38 for a uniform map, at most √2/2);
 * ``energy_in_mask``, ``energy_in_marker``: ``Σ q`` inside the object / marker mask (null when the
   image has no such mask or it is empty);
-* ``seconds``: wall time of the method on this image.
+* ``seconds``: wall time of the method on this image (for a batched method: its share of the
+  batch's pass, the pass's time divided by the batch's images, plus this image's own resizing
+  and statistics).
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
+import queue
+import threading
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from importlib.metadata import PackageNotFoundError, version
@@ -38,6 +49,7 @@ import numpy as np
 from PIL import Image
 
 from explainers import __version__
+from explainers.audit.batched import batched_method, explain_batch
 from explainers.audit.datasets import AuditDataset, AuditItem, open_dataset
 from explainers.audit.store import (
     FORMAT,
@@ -48,14 +60,19 @@ from explainers.audit.store import (
     table_schema,
 )
 from explainers.core.maps import resize_map
+from explainers.core.runner import resolve_batch_size
 from explainers.errors import ExplainerError, ParameterError
 from explainers.explanation import explain
 from explainers.io.models import ModelBundle, load_model
 from explainers.registry import get_method
 
 __all__ = [
+    "ENGINES",
+    "AuditJob",
     "AuditSummary",
+    "BatchRows",
     "MethodPlan",
+    "audit_batch",
     "cell_shares",
     "map_statistics",
     "resolve_methods",
@@ -64,6 +81,8 @@ __all__ = [
 ]
 
 ProgressCallback = Callable[[float, str], None]
+#: Where a run computes: this process, or Ray Data actors.
+ENGINES = ("local", "ray")
 #: Largest finite float16: stored maps are clipped to ±this rather than overflowing to ±inf.
 FLOAT16_MAX = float(np.finfo(np.float16).max)
 #: How long an error message in the table may be.
@@ -344,20 +363,57 @@ class _Chunk:
     masks: dict[str, np.ndarray]
 
 
-def _audit_one(
-    bundle: ModelBundle,
-    dataset: AuditDataset,
-    item: AuditItem,
-    plans: Sequence[MethodPlan],
-    mapping: list[int] | None,
-    chunk: _Chunk,
-    slot: int,
-    map_size: int,
-    columns: Sequence[str],
-) -> dict[str, Any]:
-    """Fill ``chunk``'s slot for ``item`` and return its row."""
-    label = item.label if mapping is None or item.label is None else mapping[item.label]
-    row: dict[str, Any] = dict.fromkeys(columns)
+#: What a row's error says when the model's output for the image is not a number (the words of
+#: :meth:`~explainers.io.models.ModelBundle.predict`, which the single-image path raises).
+NOT_A_NUMBER = (
+    "the model's output for this image is not a number (NaN or inf); "
+    "check the model and the preprocessing"
+)
+
+
+@dataclass(frozen=True)
+class AuditJob:
+    """What every batch of a run needs besides the model and the dataset (plain, picklable data:
+    the Ray engine sends it to its actors)."""
+
+    plans: tuple[MethodPlan, ...]
+    mapping: list[int] | None
+    map_size: int
+    mask_kinds: tuple[str, ...]
+    columns: tuple[str, ...]
+
+
+@dataclass
+class BatchRows:
+    """Finished rows of consecutive items ``start .. start + len(rows) - 1``: the table rows, the
+    S×S float16 maps per method and uint8 mask shares per kind, each (n, S, S)."""
+
+    start: int
+    rows: list[dict[str, Any]]
+    maps: dict[str, np.ndarray]
+    masks: dict[str, np.ndarray]
+
+
+@dataclass
+class _Prepared:
+    """One item read and made ready for the model: its row so far, the image and masks, the
+    model input (for batched passes) — or the row's error."""
+
+    row: dict[str, Any]
+    image: np.ndarray | None = None
+    object_mask: np.ndarray | None = None
+    marker_mask: np.ndarray | None = None
+    x: np.ndarray | None = None
+    cells: dict[str, np.ndarray] | None = None
+
+
+def _prepare(
+    bundle: ModelBundle, dataset: AuditDataset, item: AuditItem, job: AuditJob, stack: bool
+) -> _Prepared:
+    """Read ``item`` (image, masks), fill its row's identity columns and, with ``stack``, build
+    its model input. A failure is the row's error."""
+    label = item.label if job.mapping is None or item.label is None else job.mapping[item.label]
+    row: dict[str, Any] = dict.fromkeys(job.columns)
     row.update(
         index=item.index,
         id=item.id,
@@ -365,24 +421,59 @@ def _audit_one(
         label=label,
         label_name=bundle.class_names[label] if label is not None else None,
     )
+    prepared = _Prepared(row=row, cells={})
     try:
         image, object_mask, marker_mask = dataset.read_item(item)
     except Exception as error:
         row["error"] = _message(error)
-        return row
+        return prepared
     row["height"], row["width"] = int(image.shape[0]), int(image.shape[1])
-    masks = {"object": object_mask, "marker": marker_mask}
-    for kind, mask in masks.items():
+    for kind, mask in (("object", object_mask), ("marker", marker_mask)):
         present = mask is not None and bool(mask.any())
         row["has_mask" if kind == "object" else "has_marker"] = present
-        if present and kind in chunk.masks:
-            chunk.masks[kind][slot] = cell_shares(mask, map_size)
-    try:
-        probs = bundle.predict(image)
-    except Exception as error:
-        row["error"] = _message(error)
-        return row
-    prediction = int(np.argmax(probs))
+        if present and kind in job.mask_kinds:
+            assert prepared.cells is not None and mask is not None
+            prepared.cells[kind] = cell_shares(mask, job.map_size)
+    prepared.image, prepared.object_mask, prepared.marker_mask = image, object_mask, marker_mask
+    if stack:
+        try:
+            prepared.x = bundle.model_input(image)[0].astype(np.float32, copy=False)
+        except Exception as error:
+            row["error"] = _message(error)
+    return prepared
+
+
+def _finish_row(
+    bundle: ModelBundle,
+    prepared: _Prepared,
+    job: AuditJob,
+    maps: dict[str, np.ndarray],
+    slot: int,
+    predicted: tuple[np.ndarray, int] | None,
+    batched: Mapping[str, tuple[np.ndarray, float]],
+) -> None:
+    """Fill the row's prediction and per-method columns and ``maps[...][slot]``.
+
+    ``predicted``: (probabilities, explained class) from a batched pass, or None to predict
+    this image alone. ``batched``: per method computed in a batched pass, (its raw map at the
+    model's resolution, its share of the pass's seconds); the other methods call
+    :func:`explainers.explain` on the image.
+    """
+    row, image = prepared.row, prepared.image
+    assert image is not None
+    if predicted is None:
+        try:
+            probs = bundle.predict(image)
+        except Exception as error:
+            row["error"] = _message(error)
+            return
+        prediction = int(np.argmax(probs))
+    else:
+        probs, prediction = predicted
+        if not np.all(np.isfinite(probs)):
+            row["error"] = NOT_A_NUMBER
+            return
+    label = row["label"]
     row.update(
         prediction=prediction,
         prediction_name=bundle.class_names[prediction],
@@ -390,32 +481,183 @@ def _audit_one(
         label_probability=float(probs[label]) if label is not None else None,
         correct=prediction == label if label is not None else None,
     )
+    object_mask = prepared.object_mask if row["has_mask"] else None
+    marker_mask = prepared.marker_mask if row["has_marker"] else None
     errors = []
-    for plan in plans:
+    for plan in job.plans:
         started = time.perf_counter()
+        shared_seconds = 0.0
         try:
-            result = explain(
-                bundle,
-                image,
-                plan.name,
-                target=prediction,
-                layer=plan.layer,
-                engine=plan.engine,
-                **plan.params,
-            )
-            stats = map_statistics(
-                result.attribution,
-                object_mask if row["has_mask"] else None,
-                marker_mask if row["has_marker"] else None,
-            )
-            chunk.maps[plan.name][slot] = stored_map(result.attribution, map_size)
+            if plan.name in batched:
+                raw, shared_seconds = batched[plan.name]
+                if not np.all(np.isfinite(raw)):
+                    raise ExplainerError(
+                        f"{get_method(plan.name).label} produced non-finite values for this "
+                        "model and image"
+                    )
+                attribution = resize_map(raw, image.shape[:2])
+            else:
+                attribution = explain(
+                    bundle,
+                    image,
+                    plan.name,
+                    target=prediction,
+                    layer=plan.layer,
+                    engine=plan.engine,
+                    **plan.params,
+                ).attribution
+            stats = map_statistics(attribution, object_mask, marker_mask)
+            maps[plan.name][slot] = stored_map(attribution, job.map_size)
         except Exception as error:
             errors.append(f"{plan.name}: {_message(error)}")
         else:
             row.update({method_column(plan.name, k): v for k, v in stats.items()})
-        row[method_column(plan.name, "seconds")] = time.perf_counter() - started
+        row[method_column(plan.name, "seconds")] = time.perf_counter() - started + shared_seconds
     row["error"] = "; ".join(errors) or None
-    return row
+
+
+def stackable(bundle: ModelBundle) -> bool:
+    """Whether images become model inputs of one shape (a fixed input size): then predictions
+    come from one forward per batch and the batched methods run per batch."""
+    return None not in tuple(bundle.input_size)
+
+
+def prepare_batch(
+    bundle: ModelBundle, dataset: AuditDataset, items: Sequence[AuditItem], job: AuditJob
+) -> list[_Prepared]:
+    """Read and ready a batch of items (:func:`audit_batch`'s first half; thread-safe)."""
+    stack = stackable(bundle)
+    return [_prepare(bundle, dataset, item, job, stack) for item in items]
+
+
+def compute_batch(bundle: ModelBundle, prepared: Sequence[_Prepared], job: AuditJob) -> BatchRows:
+    """The rows, maps and masks of a prepared batch (:func:`audit_batch`'s second half).
+
+    With a fixed model input size, the readable images go through the model together: the
+    first batched method's pass (:mod:`explainers.audit.batched`) gives every image's
+    probabilities, its predicted class and its map; further batched methods explain the same
+    classes; without one, a batched forward pass gives the predictions. Methods without a
+    batched path call :func:`explainers.explain` per image. A batched pass that raises is
+    redone image by image, so an exception stays the row's own.
+    """
+    n, size = len(prepared), job.map_size
+    names = [plan.name for plan in job.plans]
+    maps = {name: np.full((n, size, size), np.nan, np.float16) for name in names}
+    masks = {kind: np.zeros((n, size, size), np.uint8) for kind in job.mask_kinds}
+    for slot, item in enumerate(prepared):
+        for kind, cells in (item.cells or {}).items():
+            masks[kind][slot] = cells
+    ok = [slot for slot, item in enumerate(prepared) if item.row["error"] is None]
+    predicted: dict[int, tuple[np.ndarray, int]] = {}
+    batched: dict[int, dict[str, tuple[np.ndarray, float]]] = {slot: {} for slot in ok}
+    if ok and stackable(bundle):
+        try:
+            x = np.stack([prepared[slot].x for slot in ok])  # type: ignore[misc]
+            targets = None
+            for plan in job.plans:
+                if not batched_method(bundle, plan.name, plan.engine):
+                    continue
+                started = time.perf_counter()
+                result = explain_batch(bundle, x, plan.name, plan.layer, plan.params, targets)
+                share = (time.perf_counter() - started) / len(ok)
+                if targets is None:
+                    targets = result.targets
+                    for j, slot in enumerate(ok):
+                        predicted[slot] = (result.probs[j], int(result.targets[j]))
+                for j, slot in enumerate(ok):
+                    batched[slot][plan.name] = (result.maps[j], share)
+            if targets is None:
+                _, probs = bundle.runner.forward(x, batch_size=len(x))
+                for j, slot in enumerate(ok):
+                    row_probs = probs[j].astype(np.float64)
+                    # np.argmax of NaN is 0; such a row becomes an error row anyway.
+                    predicted[slot] = (row_probs, int(np.argmax(row_probs)))
+        except Exception:
+            predicted, batched = {}, {slot: {} for slot in ok}
+    for slot in ok:
+        _finish_row(bundle, prepared[slot], job, maps, slot, predicted.get(slot), batched[slot])
+    start = int(prepared[0].row["index"]) if prepared else 0
+    return BatchRows(start, [item.row for item in prepared], maps, masks)
+
+
+def audit_batch(
+    bundle: ModelBundle, dataset: AuditDataset, items: Sequence[AuditItem], job: AuditJob
+) -> BatchRows:
+    """Everything a run stores for consecutive ``items``: read, predict, explain, measure."""
+    return compute_batch(bundle, prepare_batch(bundle, dataset, items, job), job)
+
+
+def batch_plan(start: int, total: int, chunk_size: int, batch_size: int) -> list[range]:
+    """Consecutive batches of at most ``batch_size`` items from ``start`` to ``total``, never
+    across a chunk boundary (chunks begin at multiples of ``chunk_size`` past ``start``)."""
+    plan = []
+    for chunk in range(start, total, chunk_size):
+        end = min(chunk + chunk_size, total)
+        plan += [range(b, min(b + batch_size, end)) for b in range(chunk, end, batch_size)]
+    return plan
+
+
+def _prefetched(
+    batches: Sequence[range], prepare: Callable[[range], list[_Prepared]], depth: int = 2
+) -> Iterator[list[_Prepared]]:
+    """``prepare(batch)`` for each batch, run ahead by a background thread (reading and
+    decoding the next batches while the model computes; at most ``depth`` batches wait)."""
+    ready: queue.Queue[Any] = queue.Queue(maxsize=depth)
+    stop = threading.Event()
+    done = object()
+
+    def work() -> None:
+        try:
+            for batch in batches:
+                value: Any = prepare(batch)
+                while not stop.is_set():
+                    try:
+                        ready.put(value, timeout=0.1)
+                        break
+                    except queue.Full:
+                        continue
+                if stop.is_set():
+                    return
+        except BaseException as error:  # handed to the consumer, raised there
+            ready.put(error)
+            return
+        ready.put(done)
+
+    thread = threading.Thread(target=work, name="audit-reader", daemon=True)
+    thread.start()
+    try:
+        while True:
+            value = ready.get()
+            if value is done:
+                return
+            if isinstance(value, BaseException):
+                raise value
+            yield value
+    finally:
+        stop.set()
+        while thread.is_alive():
+            with contextlib.suppress(queue.Empty):
+                ready.get(timeout=0.1)
+        thread.join()
+
+
+def local_batches(
+    bundle: ModelBundle,
+    dataset: AuditDataset,
+    job: AuditJob,
+    start: int,
+    chunk_size: int,
+    batch_size: int,
+) -> Iterator[BatchRows]:
+    """The run's remaining items in this process, batch by batch, the next batch read by a
+    background thread while the current one computes."""
+    plan = batch_plan(start, len(dataset), chunk_size, batch_size)
+
+    def prepare(batch: range) -> list[_Prepared]:
+        return prepare_batch(bundle, dataset, dataset[batch.start : batch.stop], job)
+
+    for prepared in _prefetched(plan, prepare):
+        yield compute_batch(bundle, prepared, job)
 
 
 def _duration(seconds: float) -> str:
@@ -424,6 +666,16 @@ def _duration(seconds: float) -> str:
     if seconds < 3600:
         return f"{seconds / 60:.0f} min"
     return f"{int(seconds // 3600)} h {int(seconds % 3600 // 60)} min"
+
+
+def audit_batch_size(bundle: ModelBundle, batch_size: int | None, chunk_size: int) -> int:
+    """Images per batched pass: ``batch_size``, or automatic (about 400 000 input pixels: 8
+    images at 224 px, 32 at 96 px), never more than a chunk."""
+    if batch_size is not None and int(batch_size) < 1:
+        raise ParameterError(f"batch_size must be at least 1, got {batch_size}")
+    height, width = bundle.input_size
+    shape = (height or 224, width or 224, bundle.channels)
+    return max(1, min(resolve_batch_size(batch_size, shape), chunk_size))
 
 
 # ------------------------------------------------------------------------------------------------
@@ -441,6 +693,11 @@ def run_audit(
     resume: bool = True,
     *,
     labels: str | os.PathLike | list[str] | None = None,
+    engine: str = "local",
+    address: str | None = None,
+    batch_size: int | None = None,
+    actors: int | None = None,
+    cpus_per_actor: float = 1.0,
 ) -> AuditSummary:
     """Explain every image of ``dataset`` with ``methods`` into the run folder ``out``.
 
@@ -469,6 +726,20 @@ def run_audit(
         False: delete the run in ``out`` and start over.
     labels
         The class names file (or list) for a model given as a path.
+    engine
+        ``"local"``: this process, a batch at a time (:mod:`explainers.audit.batched`), the
+        next batch read by a background thread. ``"ray"``: Ray Data actors, each loading the
+        model once (:mod:`explainers.audit.ray_engine`; needs ``ray[data]``); this process
+        writes the same run folder. Both give the same table and maps (to float32 rounding).
+    address
+        With ``engine="ray"``: the cluster to join (``ray start --head`` prints it; ``"auto"``
+        finds a local one). None: an already initialised Ray, else a new local one.
+    batch_size
+        Images per batched pass; None: automatic (about 400 000 input pixels, at most a
+        chunk). It changes speed and memory, not results (rows are independent).
+    actors, cpus_per_actor
+        With ``engine="ray"``: how many model actors (default: the cluster's CPUs divided by
+        ``cpus_per_actor``) and the CPUs each one reserves (its TensorFlow threads).
 
     Returns
     -------
@@ -480,8 +751,18 @@ def run_audit(
         raise ParameterError(f"map_size must be 1..1024 cells, got {map_size}")
     if chunk_size < 1:
         raise ParameterError(f"chunk_size must be at least 1, got {chunk_size}")
+    if engine not in ENGINES:
+        raise ParameterError(f"unknown audit engine {engine!r}; choose one of {', '.join(ENGINES)}")
+    if address is not None and engine != "ray":
+        raise ParameterError("address is the Ray cluster's: it needs engine='ray'")
     data = open_dataset(dataset)
-    if isinstance(model, ModelBundle):
+    payload = None
+    if engine == "ray":
+        # The Ray engine's actors load exactly the bytes inspected and hashed here.
+        from explainers.audit.ray_engine import model_payload
+
+        bundle, model_path, payload = model_payload(model, labels)
+    elif isinstance(model, ModelBundle):
         bundle, model_path = model, model.source
     else:
         bundle, model_path = load_model(model, labels=labels), str(Path(model).resolve())
@@ -489,6 +770,7 @@ def run_audit(
     mapping, rule = label_mapping(data, bundle)
     manifest = build_manifest(bundle, model_path, data, plans, map_size, mapping, rule)
     names = [plan.name for plan in plans]
+    batch = audit_batch_size(bundle, batch_size, chunk_size)
     total = len(data)
     with RunWriter(
         out,
@@ -500,38 +782,62 @@ def run_audit(
         resume=resume,
     ) as writer:
         resumed_from = writer.done
-        columns = writer.schema.names
+        job = AuditJob(
+            tuple(plans), mapping, map_size, writer.mask_kinds, tuple(writer.schema.names)
+        )
         counts = writer.committed_counts()
         if progress is not None:
             verb = "resuming at" if resumed_from else "starting:"
             progress(resumed_from / total, f"{verb} {resumed_from}/{total} images")
-        computing_since = time.perf_counter()
-        for start in range(resumed_from, total, chunk_size):
-            end = min(start + chunk_size, total)
-            size = end - start
-            chunk = _Chunk(
-                start=start,
-                rows=[],
-                maps={n: np.full((size, map_size, map_size), np.nan, np.float16) for n in names},
-                masks={k: np.zeros((size, map_size, map_size), np.uint8) for k in writer.masks},
+        if engine == "ray":
+            from explainers.audit.ray_engine import ray_batches
+
+            assert payload is not None
+            source = _as_batches(
+                ray_batches(
+                    payload,
+                    data,
+                    job,
+                    resumed_from,
+                    chunk_size,
+                    batch,
+                    compute=audit_batch,
+                    address=address,
+                    actors=actors,
+                    cpus_per_actor=cpus_per_actor,
+                )
             )
-            for slot, item in enumerate(data[start:end]):
-                row = _audit_one(bundle, data, item, plans, mapping, chunk, slot, map_size, columns)
-                chunk.rows.append(row)
-                counts["errors"] += row["error"] is not None
-                counts["labelled"] += row["correct"] is not None
-                counts["correct"] += bool(row["correct"])
+        else:
+            source = local_batches(bundle, data, job, resumed_from, chunk_size, batch)
+        computing_since = time.perf_counter()
+        pending = _Pending(job, chunk_size, resumed_from, total)
+        try:
+            for result in source:
+                for row in result.rows:
+                    counts["errors"] += row["error"] is not None
+                    counts["labelled"] += row["correct"] is not None
+                    counts["correct"] += bool(row["correct"])
+                pending.add(result)
                 if progress is not None:
-                    done = start + slot + 1
-                    rate = (done - resumed_from) / max(time.perf_counter() - computing_since, 1e-9)
-                    progress(
-                        done / total,
-                        f"{done}/{total} images · {rate:.1f} images/s · about "
-                        f"{_duration((total - done) / rate)} left",
+                    received = pending.received
+                    rate = (received - resumed_from) / max(
+                        time.perf_counter() - computing_since, 1e-9
                     )
-            writer.commit(start, chunk.rows, chunk.maps, chunk.masks)
-            if progress is not None:
-                progress(end / total, f"committed {end}/{total} images")
+                    for done in range(received - len(result.rows) + 1, received + 1):
+                        progress(
+                            done / total,
+                            f"{done}/{total} images · {rate:.1f} images/s · about "
+                            f"{_duration((total - done) / rate)} left",
+                        )
+                for chunk in pending.ready():
+                    writer.commit(chunk.start, chunk.rows, chunk.maps, chunk.masks)
+                    if progress is not None:
+                        end = chunk.start + len(chunk.rows)
+                        progress(end / total, f"committed {end}/{total} images")
+        finally:
+            close = getattr(source, "close", None)
+            if close is not None:
+                close()
         done = writer.done
     seconds = time.perf_counter() - started
     computed = done - resumed_from
@@ -547,3 +853,66 @@ def run_audit(
         seconds=seconds,
         images_per_second=computed / seconds if seconds > 0 else 0.0,
     )
+
+
+def _as_batches(finished: Iterator[Any]) -> Iterator[BatchRows]:
+    """The Ray engine's (rows, maps, masks) as :class:`BatchRows` (closing it when closed)."""
+    try:
+        for rows, maps, masks in finished:
+            yield BatchRows(int(rows[0]["index"]) if rows else 0, rows, maps, masks)
+    finally:
+        close = getattr(finished, "close", None)
+        if close is not None:
+            close()
+
+
+class _Pending:
+    """Finished rows waiting for their chunk to complete; hands out whole chunks in order.
+
+    Rows may arrive in any grouping (the Ray engine's batches need not follow chunks); each
+    chunk commits once all its rows are here, so the run folder is the same whatever the
+    engine or batch size.
+    """
+
+    def __init__(self, job: AuditJob, chunk_size: int, start: int, total: int) -> None:
+        self.job, self.chunk_size, self.total = job, chunk_size, total
+        self.next_start = start
+        self.rows: dict[int, tuple[dict[str, Any], dict[str, np.ndarray], dict[str, np.ndarray]]]
+        self.rows = {}
+        self.received = start
+
+    def add(self, result: BatchRows) -> None:
+        for j, row in enumerate(result.rows):
+            index = int(row["index"])
+            if index < self.next_start or index >= self.total or index in self.rows:
+                raise RuntimeError(f"row {index} arrived twice or out of the run's range")
+            self.rows[index] = (
+                row,
+                {name: array[j] for name, array in result.maps.items()},
+                {kind: array[j] for kind, array in result.masks.items()},
+            )
+        self.received += len(result.rows)
+
+    def ready(self) -> Iterator[_Chunk]:
+        while self.next_start < self.total:
+            start = self.next_start
+            end = min(start + self.chunk_size, self.total)
+            if any(i not in self.rows for i in range(start, end)):
+                return
+            entries = [self.rows.pop(i) for i in range(start, end)]
+            size = self.job.map_size
+            chunk = _Chunk(
+                start=start,
+                rows=[entry[0] for entry in entries],
+                maps={
+                    plan.name: np.stack([e[1][plan.name] for e in entries])
+                    if entries
+                    else np.empty((0, size, size), np.float16)
+                    for plan in self.job.plans
+                },
+                masks={
+                    kind: np.stack([e[2][kind] for e in entries]) for kind in self.job.mask_kinds
+                },
+            )
+            self.next_start = end
+            yield chunk

@@ -6,6 +6,9 @@ One :class:`ModelRunner` per loaded model holds the ``tf.function``s the methods
 * ``input_gradients``: d score / d input, optionally with guided-backprop ReLUs;
 * ``layer_gradients``: activations of one layer and d score / d activations (CAM family);
 * ``activations``: activations of one layer (feature maps, Score-CAM);
+* ``per_row_layer_maps``: the CAM family's maps for a batch of *different* images, each for its
+  own target class (by default its own top-1 class, chosen inside the pass): the dataset audit's
+  one forward + backward per batch;
 * ``built_forward`` / ``built_gradients``: the same passes on inputs that a method describes
   compactly (patch corners, noise seeds, path positions) and that are built, and for gradients
   reduced, inside the compiled function.
@@ -41,6 +44,8 @@ Transform = Literal["gradient", "gradient_x_input"]
 ArrayLike = np.ndarray | tf.Tensor | float | int
 #: ``reduce(activations (B, h, w, K), gradients (B, h, w, K) or None, target ()) -> (B, h, w)``.
 LayerReducer = Callable[[tf.Tensor, tf.Tensor | None, tf.Tensor], tf.Tensor]
+#: Like :data:`LayerReducer`, but the target is one class per row, int32 (B,).
+RowLayerReducer = Callable[[tf.Tensor, tf.Tensor | None, tf.Tensor], tf.Tensor]
 
 #: Input pixels per model call when no batch size is given ("automatic"): 8 images at 224 × 224,
 #: 32 at 96 × 96, 2 at 448 × 448. Measured on two CPU cores (benchmarks/RESULTS.md, "Batch
@@ -296,6 +301,33 @@ class ModelRunner:
 
         return self._compiled(("layer_maps", layer, reduce, needs_gradients), build)
 
+    def _per_row_layer_map_fn(
+        self, layer: str, reduce: RowLayerReducer, needs_gradients: bool, given: bool
+    ) -> Callable[..., Any]:
+        def build() -> Callable[..., Any]:
+            @tf.function(reduce_retracing=True)
+            def per_row_layer_maps(
+                batched: tuple[tf.Tensor, ...], shared: tuple[()]
+            ) -> tuple[tf.Tensor, ...]:
+                x = batched[0]
+                with tf.GradientTape(watch_accessed_variables=False) as tape:
+                    tape.watch(x)  # keeps the activation on the tape; never differentiated
+                    scores, probs, activation = self.scores_of(x, capture=layer)
+                    if given:
+                        targets = tf.cast(batched[1], tf.int32)
+                    else:
+                        targets = tf.argmax(probs, axis=-1, output_type=tf.int32)
+                    # Each row's own class; rows are independent (inference mode), so the
+                    # gradient of the sum holds every row's own gradient.
+                    score = tf.gather(scores, targets, axis=1, batch_dims=1)
+                grads = tape.gradient(score, activation) if needs_gradients else None
+                maps = reduce(activation, grads, targets)
+                return scores, probs, targets, maps, tf.shape(activation)
+
+            return per_row_layer_maps
+
+        return self._compiled(("per_row_layer_maps", layer, reduce, needs_gradients, given), build)
+
     def _built_forward_fn(self, builder: BatchBuilder) -> Callable[..., Any]:
         def build() -> Callable[..., Any]:
             @tf.function(reduce_retracing=True)
@@ -506,6 +538,40 @@ class ModelRunner:
             maps.append(m.numpy())
             shape = tuple(int(d) for d in full_shape.numpy()[1:])
         return _join(maps), shape  # type: ignore[return-value]
+
+    def per_row_layer_maps(
+        self,
+        x: np.ndarray,
+        layer: str,
+        reduce: RowLayerReducer,
+        *,
+        needs_gradients: bool,
+        targets: np.ndarray | None = None,
+        batch_size: int | None = None,
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, tuple[int, int, int]]:
+        """CAM-family maps of N different inputs (N, h, w, C), each for its own class.
+
+        ``targets`` (N,) gives each row's class; None explains each row's top-1 class, chosen
+        inside the pass (``argmax`` of its probabilities), so one forward + backward per batch
+        gives the predictions and the maps. ``reduce(activations, gradients, targets (B,))``
+        weights and sums the channels in the graph. Returns class scores and probabilities
+        (N, n_classes), the targets (N,) int, the maps (N, h, w) float32 and the layer's
+        (h, w, K). Traced once per input shape, the batch axis free: batches of any size share
+        one graph.
+        """
+        given = targets is not None
+        key = ("per_row_layer_maps", layer, reduce, needs_gradients, given)
+        function = self._per_row_layer_map_fn(layer, reduce, needs_gradients, given)
+        parts, shape = [], (0, 0, 0)
+        for part in chunks(len(x), resolve_batch_size(batch_size, x.shape[1:])):
+            batched = (tf.constant(x[part], tf.float32),)
+            if given:
+                batched += (tf.constant(np.asarray(targets)[part], tf.int32),)
+            s, p, t, m, full_shape = self._call(key, function, batched)
+            parts.append((s.numpy(), p.numpy(), t.numpy(), m.numpy()))
+            shape = tuple(int(d) for d in full_shape.numpy()[1:])
+        joined = tuple(_join([part[i] for part in parts]) for i in range(4))
+        return (*joined, shape)  # type: ignore[return-value]
 
     # ------------------------------------------------------------------------------------------
     # Batches built inside the compiled function
