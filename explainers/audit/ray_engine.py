@@ -244,8 +244,8 @@ def ray_batches(
     ``compute`` on each batch.
 
     Joins ``address`` (or the Ray already initialised in this process, or starts a local one,
-    shut down again at the end). Blocks are one chunk each, so a batch rarely spans two chunks;
-    the caller regroups rows by index anyway.
+    shut down again at the end). Blocks are one batch each (``chunk_size`` is kept for the
+    signature; the caller regroups rows into chunks by index).
     """
     total = len(dataset)
     if start >= total:
@@ -268,9 +268,14 @@ def ray_batches(
         # Results come back in item order: the driver holds at most a few chunks.
         context.execution_options.preserve_order = True
         context.enable_progress_bars = False
+        # One batch per block: the pool hands each free actor the next batch, so no actor idles
+        # while another finishes a long block (chunk-sized blocks of 64 left 2 actors at 0.5×
+        # of the local engine on 320 images; batch-sized ones ran at 1.0-1.5×, same machine).
+        # The caller regroups the rows into chunks by index.
+        step = max(1, int(batch_size))
         blocks = [
-            np.arange(chunk, min(chunk + chunk_size, total), dtype=np.int64)
-            for chunk in range(start, total, chunk_size)
+            np.arange(first, min(first + step, total), dtype=np.int64)
+            for first in range(start, total, step)
         ]
         # from_numpy names the column "data"; no rename, which would be a separate Ray task
         # needing a CPU of its own (it hangs when the actors hold every CPU).
