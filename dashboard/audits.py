@@ -201,24 +201,29 @@ def resolve_in_root(root: Path, relative: str) -> Path:
     return resolved
 
 
+def visible_entries(folder: Path, root: Path) -> list[tuple[os.DirEntry, Path]]:
+    """The entries of ``folder`` by name, with their paths, that a picker under ``root`` may
+    list: not hidden, and not links that leave ``root``. None when ``folder`` is unreadable."""
+    try:
+        entries = sorted(os.scandir(folder), key=lambda e: e.name)
+    except OSError:
+        return []
+    return [
+        (entry, Path(entry.path))
+        for entry in entries
+        if not entry.name.startswith(".") and is_inside(Path(entry.path), [root])
+    ]
+
+
 def dataset_candidates(root: Path, depth: int = 2, limit: int = 300) -> list[str]:
     """Folders (up to ``depth`` levels down) and manifest files under ``root``, as relative
     paths, for the page's picker. Hidden entries and links that leave the root are left out."""
     found: list[str] = []
 
     def visit(folder: Path, level: int) -> None:
-        try:
-            entries = sorted(os.scandir(folder), key=lambda e: e.name)
-        except OSError:
-            return
-        for entry in entries:
+        for entry, path in visible_entries(folder, root):
             if len(found) >= limit:
                 return
-            if entry.name.startswith("."):
-                continue
-            path = Path(entry.path)
-            if not is_inside(path, [root]):
-                continue
             relative = path.relative_to(root).as_posix()
             if entry.is_dir():
                 found.append(relative)

@@ -135,17 +135,10 @@ def data_root_runs(
     found: list[RunChoice] = []
 
     def visit(folder: Path, level: int) -> None:
-        try:
-            entries = sorted(os.scandir(folder), key=lambda e: e.name)
-        except OSError:
-            return
-        for entry in entries:
+        for entry, path in audits.visible_entries(folder, root):
             if len(found) >= limit:
                 return
-            if entry.name.startswith(".") or not entry.is_dir():
-                continue
-            path = Path(entry.path)
-            if not audits.is_inside(path, [root]):
+            if not entry.is_dir():
                 continue
             kind = _manifest_kind(path)
             if kind == "training":
