@@ -1,6 +1,6 @@
 """The Audit page's helpers, without Streamlit: where datasets and runs live, what the web page may
 read, unpacking an uploaded zip safely, the list of earlier runs, the numbers of a run's table,
-its pictures, and the Plotly figures.
+its pictures, and the charts.
 
 What the web page may read
 --------------------------
@@ -28,6 +28,7 @@ the confinement again there).
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import io
 import json
@@ -921,6 +922,24 @@ def overlay_picture(image: np.ndarray, values: np.ndarray, side: int) -> np.ndar
     return render.overlay(small, values, sign="positive", colormap="Jet", alpha=0.5)
 
 
+def hover_picture(image: np.ndarray, values: np.ndarray, side: int = 64, quality: int = 75) -> str:
+    """The image and, beside it, the image with its stored map over it, each fitted into a
+    ``side``-pixel square (2 × ``side`` wide, ``side`` high), as a JPEG data URL: the picture a
+    point of the scatter shows on hover (a few kB)."""
+    gap = max(2, side // 32)
+    canvas = np.full((side, 2 * side + gap, 3), 255, np.uint8)
+    for left, picture in (
+        (0, fit(image, side)),
+        (side + gap, overlay_picture(image, values, side)),
+    ):
+        height, width = picture.shape[:2]
+        top, start = (side - height) // 2, left + (side - width) // 2
+        canvas[top : top + height, start : start + width] = picture[..., :3]
+    buffer = io.BytesIO()
+    Image.fromarray(canvas).save(buffer, format="JPEG", quality=quality, optimize=True)
+    return "data:image/jpeg;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
+
+
 class RunImages:
     """Reads a run's images again: a demo dataset is regenerated (and checked against the run's
     fingerprint), a file is read only when it lies inside the readable folders."""
@@ -1033,6 +1052,52 @@ def thumbnail(
     return made
 
 
+#: At most this many points of a class get a picture in their tooltip (spread over the class).
+HOVER_PICTURES = 2000
+#: The height of a hover picture (its width is twice that).
+HOVER_SIDE = 64
+_HOVERS: OrderedDict[tuple[Any, ...], list[str | None]] = OrderedDict()
+
+
+def hover_pictures(
+    info: RunInfo,
+    images: RunImages,
+    maps: np.ndarray,
+    indices: Sequence[int],
+    method: str,
+    limit: int = HOVER_PICTURES,
+    side: int = HOVER_SIDE,
+) -> list[str | None]:
+    """Per image of ``indices`` its :func:`hover_picture`, or None: for at most ``limit`` of them
+    (evenly spread over ``indices``), and for none whose image cannot be read. Cached per run
+    version, method and set of images, so a rerun of the page builds nothing."""
+    members = np.asarray(indices, np.int64)
+    digest = hashlib.sha1(members.tobytes()).hexdigest()
+    key = (str(info.path), info.version, method, digest, int(limit), int(side))
+    with _RUNS_LOCK:
+        found = _HOVERS.get(key)
+        if found is not None:
+            _HOVERS.move_to_end(key)
+            return found
+    spread = np.linspace(0, len(members) - 1, min(limit, len(members))).round()
+    given = set(spread.astype(np.int64).tolist())
+    made: list[str | None] = []
+    for position, index in enumerate(members.tolist()):
+        picture = None
+        if position in given:
+            try:
+                image, _, _ = images.read(index)
+                picture = hover_picture(image, maps[index], side)
+            except AuditInputError:
+                pass
+        made.append(picture)
+    with _RUNS_LOCK:
+        _HOVERS[key] = made
+        while len(_HOVERS) > 8:
+            _HOVERS.popitem(last=False)
+    return made
+
+
 def png(rgb: np.ndarray) -> bytes:
     buffer = io.BytesIO()
     Image.fromarray(np.asarray(rgb, np.uint8)).save(buffer, format="PNG")
@@ -1042,91 +1107,164 @@ def png(rgb: np.ndarray) -> bytes:
 # ------------------------------------------------------------------------------------------------
 # Figures
 # ------------------------------------------------------------------------------------------------
-#: Above this many points per class the scatter is drawn with WebGL (Plotly's Scattergl).
-WEBGL_ABOVE = 1500
+#: Names of the scatter's selection parameters: a clicked point (shift-click adds), a dragged box,
+#: and the zoom on the mouse wheel (not a selection of images).
+SCATTER_PICK = "pick"
+SCATTER_BOX = "box"
+SCATTER_ZOOM = "zoom"
+#: A filled diagonal cross (✕) in Vega's unit square: the mark of a misclassified image.
+_CROSS = "M-1,-0.6L-0.6,-1L0,-0.4L0.6,-1L1,-0.6L0.4,0L1,0.6L0.6,1L0,0.4L-0.6,1L-1,0.6L-0.4,0Z"
 
 
 def cluster_colour(cluster: int) -> str:
     return CLUSTER_COLOURS[cluster % len(CLUSTER_COLOURS)]
 
 
-def scatter_figure(
-    review: Any, table: Mapping[str, Sequence[Any]], flagged: Sequence[int] = (), height: int = 460
-) -> tuple[Any, list[np.ndarray]]:
-    """The class's 2-D embedding as a scatter (WebGL for many points), one trace per SpRAy
-    cluster (its colour; a cross marks a misclassified image), and per trace the run indices of
-    its points (to turn a selection back into images). ``table`` holds the run's ``id``,
-    ``label_name``, ``prediction_name``, ``probability`` and ``correct`` columns."""
-    import plotly.graph_objects as go
+def scatter_chart(
+    review: Any,
+    table: Mapping[str, Sequence[Any]],
+    flagged: Sequence[int] = (),
+    pictures: Sequence[str | None] | None = None,
+    height: int = 460,
+) -> Any:
+    """The class's 2-D embedding as an Altair (Vega-Lite) scatter: one point per image, coloured
+    by SpRAy cluster (the legend names each cluster, its size and ⚑ when it is flagged), a cross
+    for a misclassified image. Its tooltip gives the image's id, label, prediction, run index and
+    cluster, and ``pictures[i]`` (a data URL, see :func:`hover_pictures`) for the i-th image of
+    ``review.images`` when there is one: Vega's tooltip draws a field named ``image`` as a
+    picture. Click selects a point (:data:`SCATTER_PICK`, shift-click adds), a drag selects a box
+    (:data:`SCATTER_BOX`), the mouse wheel zooms and a double-click clears them.
+    :func:`selected_images` turns a selection back into images. ``table`` holds the run's
+    ``id``, ``label_name``, ``prediction_name``, ``probability`` and ``correct`` columns."""
+    import altair as alt
+    import pandas as pd
 
-    figure = go.Figure()
-    traces: list[np.ndarray] = []
-    n = len(review.images)
-    size = 9 if n <= 300 else 6 if n <= 3000 else 4
-    # SVG draws crisply everywhere (also without a GPU); WebGL keeps thousands of points smooth.
-    trace = go.Scattergl if n > WEBGL_ABOVE else go.Scatter
-    for cluster in range(review.n_clusters):
-        chosen = review.clusters == cluster
-        members = np.asarray(review.images[chosen], np.int64)
-        points = review.embedding[chosen]
-        custom = [
-            [
-                int(i),
-                str(table["id"][i]),
-                str(table["label_name"][i]),
-                str(table["prediction_name"][i]),
-                float(table["probability"][i] or 0.0),
-            ]
-            for i in members
-        ]
-        symbols = ["x" if table["correct"][i] is False else "circle" for i in members]
-        mark = " ⚑" if cluster in flagged else ""
-        figure.add_trace(
-            trace(
-                x=points[:, 0],
-                y=points[:, 1],
-                mode="markers",
-                name=f"cluster {cluster} · {len(members)}{mark}",
-                marker={
-                    "size": size,
-                    "color": cluster_colour(cluster),
-                    "symbol": symbols,
-                    "line": {"width": 0.5, "color": "white"},
-                },
-                customdata=custom,
-                hovertemplate=(
-                    "<b>%{customdata[1]}</b><br>label %{customdata[2]} · predicted "
-                    "%{customdata[3]} (%{customdata[4]:.1%})<br>image #%{customdata[0]}"
-                    f"<extra>cluster {cluster}</extra>"
-                ),
-            )
+    members = np.asarray(review.images, np.int64)
+    clusters = np.asarray(review.clusters, np.int64)
+    points = np.asarray(review.embedding, np.float64)
+    n = len(members)
+    names = [
+        f"cluster {c} · {int(np.sum(clusters == c))}{' ⚑' if c in flagged else ''}"
+        for c in range(review.n_clusters)
+    ]
+    rows = []
+    for position, index in enumerate(members.tolist()):
+        probability = table["probability"][index]
+        prediction = table["prediction_name"][index]
+        picture = pictures[position] if pictures is not None else None
+        rows.append(
+            {
+                "x": float(points[position, 0]),
+                "y": float(points[position, 1]),
+                "index": int(index),
+                "title": str(table["id"][index]),
+                "label": "—" if table["label_name"][index] is None else table["label_name"][index],
+                "predicted": "—"
+                if prediction is None
+                else f"{prediction} ({float(probability or 0.0):.1%})",
+                "cluster": names[int(clusters[position])],
+                "outcome": "misclassified" if table["correct"][index] is False else "other",
+                # Vega-Lite writes a missing value as the text "null": an empty text shows none.
+                "image": picture or "",
+            }
         )
-        traces.append(members)
-    kind = "t-SNE" if review.embedding_kind == "tsne" else "spectral"
-    figure.update_layout(
-        height=height,
-        margin={"l": 10, "r": 10, "t": 30, "b": 10},
-        legend={"orientation": "h", "y": 1.08, "x": 0},
-        plot_bgcolor="#fafbfc",
-        xaxis={"title": f"{kind} 1", "showticklabels": False, "zeroline": False},
-        yaxis={"title": f"{kind} 2", "showticklabels": False, "zeroline": False},
-        clickmode="event+select",
-        dragmode="pan",
+    frame = pd.DataFrame(
+        rows,
+        columns=["x", "y", "index", "title", "label", "predicted", "cluster", "outcome", "image"],
     )
-    return figure, traces
+    kind = "t-SNE" if review.embedding_kind == "tsne" else "spectral"
+    size = 81 if n <= 300 else 36 if n <= 3000 else 16  # Vega's size: the square of the width
+    pick = alt.selection_point(
+        name=SCATTER_PICK, fields=["index"], on="click", clear="dblclick", nearest=False
+    )
+    box = alt.selection_interval(
+        name=SCATTER_BOX, encodings=["x", "y"], translate=False, zoom=False, clear="dblclick"
+    )
+    zoom = alt.selection_interval(
+        name=SCATTER_ZOOM, bind="scales", translate=False, zoom="wheel!", clear="dblclick"
+    )
+    axis = {"labels": False, "ticks": False, "grid": True, "domain": False}
+    scale = alt.Scale(zero=False, padding=10)
+    return (
+        alt.Chart(frame, height=height)
+        .mark_point(filled=True, opacity=0.9, clip=True)
+        .encode(
+            x=alt.X("x:Q", title=f"{kind} 1", axis=alt.Axis(**axis), scale=scale),
+            y=alt.Y("y:Q", title=f"{kind} 2", axis=alt.Axis(**axis), scale=scale),
+            color=alt.Color(
+                "cluster:N",
+                scale=alt.Scale(domain=names, range=[cluster_colour(c) for c in range(len(names))]),
+                legend=alt.Legend(title=None, orient="top", symbolType="circle"),
+                sort=names,
+            ),
+            shape=alt.Shape(
+                "outcome:N",
+                scale=alt.Scale(domain=["other", "misclassified"], range=["circle", _CROSS]),
+                legend=None,
+            ),
+            size=alt.value(size),
+            # A clicked point gets a dark outline (a box shows itself).
+            stroke=alt.when(pick, empty=False)
+            .then(alt.value("#111"))
+            .otherwise(alt.value("white")),
+            strokeWidth=alt.when(pick, empty=False).then(alt.value(1.5)).otherwise(alt.value(0.5)),
+            tooltip=[
+                alt.Tooltip("title:N", title="title"),
+                alt.Tooltip("label:N", title="label"),
+                alt.Tooltip("predicted:N", title="predicted"),
+                alt.Tooltip("index:Q", title="image #", format="d"),
+                alt.Tooltip("cluster:N", title="cluster"),
+                alt.Tooltip("image:N", title="image"),
+            ],
+        )
+        .add_params(pick, box, zoom)
+        .properties(background="#fafbfc")
+    )
 
 
-def selected_images(points: Sequence[Mapping[str, Any]], traces: Sequence[np.ndarray]) -> list[int]:
-    """The run indices of the points a chart selection holds (in selection order, once each)."""
+def _number(value: Any) -> float | None:
+    """A finite number from a selection's JSON (not a bool), else None."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return None
+    value = float(value)
+    return value if np.isfinite(value) else None
+
+
+def selected_images(
+    selection: Mapping[str, Any], images: np.ndarray, embedding: np.ndarray
+) -> list[int]:
+    """The run indices a selection of :func:`scatter_chart` holds (Streamlit's
+    ``event.selection``): the clicked points in their order, then the points inside the box in
+    the class's order, each once. ``images`` and ``embedding`` are the class's run indices and
+    their coordinates. Entries that name no image of the class, a box without two finite bounds
+    per axis, and a box of no width or height (a click, not a drag) select nothing."""
+    members = np.asarray(images, np.int64)
+    known = set(members.tolist())
     chosen: list[int] = []
-    for point in points:
-        curve = point.get("curve_number")
-        index = point.get("point_index", point.get("point_number"))
-        if curve is None or index is None or not 0 <= int(curve) < len(traces):
-            continue
-        members = traces[int(curve)]
-        if 0 <= int(index) < len(members):
-            value = int(members[int(index)])
+    picked = selection.get(SCATTER_PICK) if isinstance(selection, Mapping) else None
+    for entry in picked if isinstance(picked, list) else ():
+        value = _number(entry.get("index")) if isinstance(entry, Mapping) else None
+        if (
+            value is not None
+            and value.is_integer()
+            and int(value) in known
+            and int(value) not in chosen
+        ):
+            chosen.append(int(value))
+    box = selection.get(SCATTER_BOX) if isinstance(selection, Mapping) else None
+    if isinstance(box, Mapping) and len(members):
+        points = np.asarray(embedding, np.float64).reshape(len(members), 2)
+        inside = np.ones(len(members), bool)
+        for axis, field in enumerate(("x", "y")):
+            bounds = box.get(field)
+            if not isinstance(bounds, list | tuple) or len(bounds) != 2:
+                return chosen
+            low, high = _number(bounds[0]), _number(bounds[1])
+            if low is None or high is None or low == high:
+                return chosen
+            low, high = min(low, high), max(low, high)
+            inside &= (points[:, axis] >= low) & (points[:, axis] <= high)
+        for value in members[inside].tolist():
             if value not in chosen:
                 chosen.append(value)
     return chosen

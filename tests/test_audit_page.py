@@ -4,6 +4,7 @@ and a small generated dataset."""
 
 from __future__ import annotations
 
+import base64
 import io
 import json
 import os
@@ -264,18 +265,89 @@ def test_labels_must_match_the_models_classes_and_run_folders_are_stable(tmp_pat
 
 
 def test_a_chart_selection_maps_back_to_images_and_typical_maps_come_first():
-    traces = [np.array([4, 9]), np.array([2, 7, 5])]
-    points = [
-        {"curve_number": 1, "point_index": 2},
-        {"curve_number": 0, "point_index": 0},
-        {"curve_number": 1, "point_index": 2},  # twice: once
-        {"curve_number": 5, "point_index": 0},  # no such trace
+    images = np.array([4, 9, 2, 7, 5])
+    embedding = np.array([[0, 0], [1, 1], [2, 2], [3, 3], [1.5, 0.5]], np.float32)
+    pick, box = audits.SCATTER_PICK, audits.SCATTER_BOX
+    clicked = [
+        {"index": 5},
+        {"index": 4.0},  # JSON numbers may come back as floats
+        {"index": 5},  # twice: once
+        {"index": 3},  # not an image of the class
+        {"index": True},
+        {"index": "9"},
+        {"other": 9},
+        "9",
     ]
-    assert audits.selected_images(points, traces) == [5, 4]
+    assert audits.selected_images({pick: clicked}, images, embedding) == [5, 4]
+    # A box: the points inside it in the class's order (bounds in either order), after the
+    # clicked ones, each once.
+    inside = {"x": [2.5, 0.9], "y": [0.4, 2.1]}
+    assert audits.selected_images({box: inside}, images, embedding) == [9, 2, 5]
+    both = {pick: [{"index": 2}, {"index": 4}], box: inside}
+    assert audits.selected_images(both, images, embedding) == [2, 4, 9, 5]
+    # Nothing selected, the empty state Streamlit starts with, and boxes that select nothing:
+    # a click (no width), a missing axis, bounds that are not two finite numbers.
+    assert audits.selected_images({}, images, embedding) == []
+    assert audits.selected_images({pick: {}, box: {}}, images, embedding) == []
+    clicked = {pick: [{"index": 7}]}
+    for broken in (
+        {"x": [1.0, 1.0], "y": [0, 3]},
+        {"x": [0, 3]},
+        {"x": [0, 3], "y": [0]},
+        {"x": [0, 3], "y": [0, float("nan")]},
+        {"x": [0, 3], "y": ["0", "3"]},
+        [0, 3],
+    ):
+        assert audits.selected_images({**clicked, box: broken}, images, embedding) == [7], broken
     maps = np.zeros((4, 4, 4), np.float16)
     maps[0, 0, 0] = maps[1, 0, 0] = maps[2, 0, 0] = 1.0  # three maps alike
     maps[3, 3, 3] = 1.0  # one unlike them
     assert audits.typical_order(maps, np.array([3, 1, 0, 2])).tolist()[-1] == 3
+
+
+def test_hover_pictures_show_the_image_and_its_map_in_a_few_kb_and_are_cached():
+    """A point's hover picture: its image and, beside it, the image with its map over it (64 px
+    high, a JPEG data URL of a few kB), built once per run version for at most ``limit`` points
+    spread over the class, none for an image that cannot be read."""
+    from types import SimpleNamespace
+
+    from PIL import Image
+
+    image = sample_image("circle", seed=0)[0]
+    values = np.zeros((32, 32), np.float32)
+    values[2:8, 2:8] = 1.0  # hot in the top left corner
+    url = audits.hover_picture(image, values)
+    head, _, data = url.partition(",")
+    assert head == "data:image/jpeg;base64"
+    assert len(url) < 8000
+    picture = np.asarray(Image.open(io.BytesIO(base64.b64decode(data))).convert("RGB"), np.int64)
+    assert picture.shape == (64, 130, 3)
+    plain, overlaid = picture[:, :64], picture[:, 66:]
+    # The left half is the image; the right one the same image, coloured where the map is hot.
+    expected = np.asarray(audits.fit(image, 64), np.int64)
+    assert np.corrcoef(plain.ravel(), expected.ravel())[0, 1] > 0.9
+    hot, cold = overlaid[5:14, 5:14].mean(axis=(0, 1)), overlaid[40:, 40:].mean(axis=(0, 1))
+    assert hot[0] > hot[2] + 40 and cold[2] > cold[0] + 40  # jet: red where hot, blue elsewhere
+
+    reads: list[int] = []
+
+    def read(index):
+        reads.append(index)
+        if index == 14:
+            raise AuditInputError("gone")
+        return image, None, None
+
+    info = SimpleNamespace(path=Path("run"), version="v1")
+    images = SimpleNamespace(read=read)
+    maps = np.zeros((20, 32, 32), np.float32)
+    members = [10, 11, 12, 13, 14, 15, 16]
+    made = audits.hover_pictures(info, images, maps, members, "grad_cam", limit=4)
+    assert reads == [10, 12, 14, 16]  # four spread over the class
+    assert [p is not None for p in made] == [True, False, True, False, False, False, True]
+    assert audits.hover_pictures(info, images, maps, members, "grad_cam", limit=4) is made
+    assert reads == [10, 12, 14, 16]  # cached: nothing read again
+    audits.hover_pictures(SimpleNamespace(path=Path("run"), version="v2"), images, maps, [11], "x")
+    assert reads[-1] == 11  # another version of the run is built again
 
 
 def test_accuracy_and_confusion_cover_the_classes_that_occur():
@@ -440,8 +512,18 @@ def test_the_audit_page_runs_resumes_reviews_and_opens_an_image_on_explain(audit
     )
     for flag in review.flags:
         assert flag.evidence in shown
-    assert len(at.get("plotly_chart")) == 2  # the confusion matrix and the SpRAy scatter
+    assert len(at.get("plotly_chart")) == 1  # the confusion matrix
     first = review.classes[0]
+    # The SpRAy scatter of the first class (Vega-Lite): a point per image, each with a hover
+    # picture (a data URL in the tooltip's `image` field, which Vega's tooltip draws).
+    scatter = [c for c in at.get("vega_lite_chart") if (c.key or "").startswith("audit_scatter_")]
+    assert len(scatter) == 1
+    spec = json.loads(scatter[0].proto.spec)
+    assert {"field": "image", "type": "nominal", "title": "image"} in spec["encoding"]["tooltip"]
+    assert sorted(scatter[0].proto.selection_mode) == [audits.SCATTER_BOX, audits.SCATTER_PICK]
+    points = scatter_points(scatter[0].proto)
+    assert sorted(points["index"]) == sorted(first.images.tolist())
+    assert all(p.startswith("data:image/jpeg;base64,") and len(p) < 8000 for p in points["image"])
     members = first.images[first.clusters == 0]
     assert f"**Cluster 0 of circle** · {len(members)} images" in shown
 
@@ -461,3 +543,12 @@ def test_the_audit_page_runs_resumes_reviews_and_opens_an_image_on_explain(audit
 
 def texts(elements) -> str:
     return "\n".join(str(e.value) for e in elements)
+
+
+def scatter_points(proto) -> dict[str, list]:
+    """The rows of a Vega-Lite chart's (one) dataset, column by column."""
+    import pyarrow as pa
+
+    data = [d.data.data for d in proto.datasets] or [proto.data.data]
+    assert len(data) == 1
+    return pa.ipc.open_stream(data[0]).read_all().to_pydict()

@@ -577,7 +577,9 @@ def test_audit_page_runs_a_demo_audit_and_opens_an_image_on_explain(demo_server)
             main.get_by_role("button", name="Run the audit").click()
 
             # The run, then its analysis, finish in the workers; the page shows the review.
-            scatter = main.locator("[class*='st-key-audit_scatter_'] [data-testid='stPlotlyChart']")
+            scatter = main.locator(
+                "[class*='st-key-audit_scatter_'] [data-testid='stVegaLiteChart']"
+            )
             expect(scatter).to_have_count(1, timeout=COMPUTE_S * 1000)
             expect(main.get_by_text(re.compile(r"^Flags \(\d+\)$"))).to_be_visible()
             expect(main.get_by_text("Attention at a fixed place").first).to_be_visible()
@@ -590,6 +592,59 @@ def test_audit_page_runs_a_demo_audit_and_opens_an_image_on_explain(demo_server)
             _screenshot(page, ARTIFACTS / "browser-12-audit-mean-maps.png")
             main.get_by_role("heading", name="Clusters of explanations (SpRAy)").evaluate(top)
             _screenshot(page, ARTIFACTS / "browser-13-audit-scatter.png")
+
+            # Hovering a point shows its image and its map (a picture in Vega's tooltip).
+            tooltip = page.locator("#vg-tooltip-element.visible")
+            where = _hover_a_point(page, scatter, tooltip)
+            assert where is not None, "no point of the scatter showed a picture on hover"
+            title = tooltip.locator("h2").inner_text()
+            picture = tooltip.locator("img")
+            assert picture.evaluate("i => [i.complete, i.naturalWidth, i.naturalHeight]") == [
+                True,
+                2 * audits.HOVER_SIDE + 2,
+                audits.HOVER_SIDE,
+            ]
+            _assert_image_and_map(picture.get_attribute("src"))
+            cluster = tooltip.locator("tr", has_text="cluster").locator(".value").inner_text()
+            _screenshot(page, ARTIFACTS / "browser-13b-audit-hover.png")
+
+            # Clicking it opens its image and map beside the chart, and its cluster below.
+            page.mouse.click(*where)
+            detail = main.locator("[data-testid='stColumn']").filter(
+                has=page.get_by_role("button", name="Open on Explain")
+            )
+            expect(detail.get_by_text(title, exact=True)).to_be_visible()
+            expect(detail.get_by_text("grad_cam map")).to_be_visible()
+            expect(detail.locator("[data-testid='stImage'] img")).to_have_count(2)
+            number = re.match(r"cluster (\d+) ·", cluster)[1]
+            expect(main.get_by_text(re.compile(rf"^Cluster {number} of circle · "))).to_be_visible()
+            _wait_idle(page)
+            _no_error_shown(page)
+            page.mouse.move(5, 5)  # the tooltip away
+            main.get_by_role("heading", name="Clusters of explanations (SpRAy)").evaluate(top)
+            _screenshot(page, ARTIFACTS / "browser-13c-audit-point.png")
+
+            # A box dragged around every point selects them all (shown below); a double-click
+            # clears the selection.
+            centres = _symbol_centres(scatter)
+            xs, ys = [x for x, _ in centres], [y for _, y in centres]
+            page.mouse.move(min(xs) - 8, min(ys) - 8)
+            page.mouse.down()
+            page.mouse.move(max(xs) + 8, max(ys) + 8, steps=10)
+            page.mouse.up()
+            expect(
+                main.get_by_text(f"{len(centres)} images selected — shown below.")
+            ).to_be_visible()
+            expect(main.get_by_text(f"{len(centres)} selected images")).to_be_visible()
+            _wait_idle(page)
+            _no_error_shown(page)
+            page.mouse.move(5, 5)
+            _screenshot(page, ARTIFACTS / "browser-13d-audit-box.png")
+            page.mouse.dblclick(min(xs) - 8, min(ys) - 8)
+            expect(
+                main.get_by_text("Click a point to see its image and its map here.")
+            ).to_be_visible()
+            _wait_idle(page)
 
             # Open cluster 1 of the first class: its images with their maps.
             main.get_by_role("radio", name=re.compile(r"^cluster 1 · ")).click()
@@ -639,6 +694,51 @@ def test_audit_page_runs_a_demo_audit_and_opens_an_image_on_explain(demo_server)
     assert "Dataset audit report" in report and "demo:shortcut_half" in report
     assert "fixed_location" in report
     assert report.count("data:image/png;base64,") >= 10
+
+
+def _symbol_centres(chart) -> list[tuple[float, float]]:
+    """Where the points of a Vega-Lite scatter drawn as SVG are on the page (none on a canvas)."""
+    centres = []
+    for symbol in chart.locator("svg.marks g.mark-symbol.role-mark path").all():
+        box = symbol.bounding_box()
+        if box:
+            centres.append((box["x"] + box["width"] / 2, box["y"] + box["height"] / 2))
+    return centres
+
+
+def _hover_a_point(page, chart, tooltip) -> tuple[float, float] | None:
+    """Move the mouse over the points of a Vega-Lite scatter (its symbols, or a grid over a
+    canvas) until the tooltip shows a picture; where it did, or None."""
+    spots = _symbol_centres(chart)
+    if not spots:
+        box = chart.locator("canvas, svg.marks").first.bounding_box()
+        spots = [
+            (box["x"] + dx, box["y"] + dy)
+            for dy in range(10, int(box["height"]) - 10, 6)
+            for dx in range(10, int(box["width"]) - 10, 6)
+        ]
+    for x, y in spots:
+        page.mouse.move(x, y)
+        with contextlib.suppress(Exception):
+            tooltip.locator("img[src^='data:image/']").wait_for(timeout=300)
+            return x, y
+    return None
+
+
+def _assert_image_and_map(src: str) -> None:
+    """A hover picture is the image and, beside it, the image with its map over it."""
+    import base64
+    import io
+
+    from PIL import Image
+
+    head, _, data = src.partition(",")
+    assert head in ("data:image/jpeg;base64", "data:image/png;base64"), head
+    picture = np.asarray(Image.open(io.BytesIO(base64.b64decode(data))).convert("RGB"), float)
+    half = picture.shape[1] // 2
+    image, overlay = picture[:, : half - 1], picture[:, -(half - 1) :]
+    assert image.std() > 10 and overlay.std() > 10  # neither is blank
+    assert np.abs(image - overlay).mean() > 10  # the map is drawn over the right one
 
 
 def test_training_page_plays_the_bundled_shortcut_run(demo_server):

@@ -818,9 +818,9 @@ def _show_cluster(class_index: int, cluster: int, tag: str) -> None:
 def spray_explorer(
     info: RunInfo, run: Any, review: AuditReview, images: RunImages, method: str
 ) -> None:
-    """One class's embedding (a scatter coloured by SpRAy cluster: click a point for its image
-    and map, drag a box or lasso to select several), a cluster picker, and the cluster's (or
-    the selection's) images with their maps."""
+    """One class's embedding (a scatter coloured by SpRAy cluster: hover a point for its image
+    and map, click it to open them, drag a box to select several), a cluster picker, and the
+    cluster's (or the selection's) images with their maps."""
     names = review.class_names
     analysed = [c.class_index for c in review.classes]
     if not analysed:
@@ -847,26 +847,35 @@ def spray_explorer(
     assert found is not None
     table = _table(run)
     maps = run.maps[method]
-    figure, traces = audits.scatter_figure(found, table, flagged[chosen])
+    with st.spinner("Drawing the pictures the points show on hover…", show_time=True):
+        pictures = audits.hover_pictures(info, images, maps, found.images, method)
     chart, detail = st.columns([1.7, 1])
     with chart:
-        event = st.plotly_chart(
-            figure,
+        event = st.altair_chart(
+            audits.scatter_chart(found, table, flagged[chosen], pictures),
             on_select="rerun",
-            selection_mode=("points", "box", "lasso"),
+            selection_mode=[audits.SCATTER_PICK, audits.SCATTER_BOX],
             key=key(f"scatter_{tag}_{chosen}"),
-            theme=None,
-            config={"displaylogo": False, "scrollZoom": True},
         )
         kind = "t-SNE" if found.embedding_kind == "tsne" else "spectral embedding"
+        shown = sum(p is not None for p in pictures)
+        note = ""
+        if shown < len(pictures):
+            why = (
+                f"at most {audits.HOVER_PICTURES:,} per class, spread over it"
+                if len(pictures) > audits.HOVER_PICTURES
+                else "the other images cannot be read"
+            )
+            note = f" ({shown:,} of the {len(pictures):,} points have one: {why})"
         st.caption(
             f"Each point is an image of {names[chosen]}, placed by {kind} of its map: nearby "
-            "points have similar maps. Colour: SpRAy cluster; ✕: misclassified. Click a point "
-            "for its image and map; drag a box or lasso to select several (double-click to "
-            "clear)."
+            "points have similar maps. Colour: SpRAy cluster; ✕: misclassified. Hover a point "
+            f"for its image and map{note}; click it to open them here (shift-click adds "
+            "points); drag a box to select several; the mouse wheel zooms; double-click clears."
         )
-    points = (event or {}).get("selection", {}).get("points", []) if event else []
-    selection = audits.selected_images(points, traces)
+    selection = audits.selected_images(
+        (event or {}).get("selection", {}), found.images, found.embedding
+    )
     cluster_key = key(f"cluster_{tag}_{chosen}")
     clusters = list(range(found.n_clusters))
     state.default_option(cluster_key, clusters, 0)
