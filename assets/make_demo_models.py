@@ -1,30 +1,31 @@
-"""Train the two demo CNNs the dashboard embeds, from fixed seeds, and write their assets.
+"""Train the demo CNNs the dashboard embeds, from fixed seeds, and write their assets.
 
 Run from the repository root::
 
-    python assets/make_demo_models.py           # full run (a few minutes on 2 CPU cores)
+    python assets/make_demo_models.py           # full run (about 30 min on 2 CPU cores)
     python assets/make_demo_models.py --quick   # small smoke run, writes to a temporary folder
-    python assets/make_demo_models.py --story   # only the training story (below), from the
-                                                # shipped demo_shortcut.keras
+    python assets/make_demo_models.py --story   # only the training story (below): keeps the
+                                                # shipped demo_shapes.keras
 
 Outputs (full run):
 
 - ``assets/models/demo_shapes.keras``: the honest model, trained on cluttered shape images.
-- ``assets/models/demo_shortcut.keras``: the "Clever Hans" model, trained on images whose corner
-  marker encodes the label while the shape agrees with it only part of the time.
+- ``assets/models/demo_shortcut.keras``: the "Clever Hans" model, trained on shortcut images: a
+  corner marker whose colour encodes the label, on images whose shape also gives the label. Both
+  cues are perfect; the model takes the marker (the easier one) and ignores the shapes. It is
+  trained with ``explainers.callbacks.ExplanationCallback`` on, which records Grad-CAM on 8 fixed
+  images after every epoch into ``assets/runs/shortcut/``.
+- ``assets/models/demo_fixed.keras``: the same architecture trained on the same shortcut images
+  with Right for the Right Reasons (``explainers.training.ReasonTrainer``: the marker masks as
+  what must not matter); its run in ``assets/runs/fixed/``.
 - ``assets/models/demo_labels.txt``: one class name per line.
 - ``assets/models/demo_models.json``: metrics, seeds, dataset sizes, epochs, timings, versions.
 - ``assets/samples/*.png``: sample images with their object masks (and marker masks).
-- With ``--story`` only (issue 14), and nothing else: ``assets/runs/shortcut/`` records
-  Grad-CAM on 8 fixed images after every epoch of the shortcut model's recipe, re-run with the
-  same seeds (``explainers.callbacks.ExplanationCallback``; the shipped ``demo_shortcut.keras``
-  is not replaced); then ``assets/models/demo_fixed.keras`` is trained from the same shortcut
-  data with Right-for-the-Right-Reasons (``explainers.training.ReasonTrainer``, the marker masks
-  as the "must not matter" regions), its run in ``assets/runs/fixed/``, its numbers under
-  ``demo_fixed`` and ``story`` in ``demo_models.json``. That model does NOT reach its targets
-  (assets/models/README.md), so it is not shipped.
 
-Both models take ``(96, 96, 3)`` float32 images scaled to [0, 1] (``image / 255``) and end in
+``--story`` retrains only ``demo_shortcut`` and ``demo_fixed`` (with their runs, the samples and
+the JSON); ``demo_shapes.keras`` is loaded, not retrained.
+
+All models take ``(96, 96, 3)`` float32 images scaled to [0, 1] (``image / 255``) and end in
 ``last_conv`` (12 x 12 x 128, ReLU) -> ``gap`` -> ``dropout`` -> ``predictions`` (softmax), so
 CAM applies to them.
 """
@@ -60,7 +61,13 @@ from explainers.training import ReasonTrainer
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 IMAGE_SIZE = 96
-SHAPE_AGREEMENT = 0.5
+#: The shortcut training images: the drawn shape is the label's too (both cues are perfect, and
+#: the model still takes the marker). Until 2026-12 it was 0.5 (half of the shapes another
+#: class's), which left nothing a marker-free model could learn from: see assets/models/README.md.
+SHAPE_AGREEMENT = 1.0
+#: The "shortcut" test sets: the shape agrees with the marker half the time, so the images where
+#: they disagree show which cue a model follows.
+PROBE_SHAPE_AGREEMENT = 0.5
 
 SEEDS = {
     "honest_train": 0,
@@ -77,7 +84,7 @@ SEEDS = {
 
 FULL = {
     "n_train_honest": 12000,
-    "n_train_shortcut": 6000,
+    "n_train_shortcut": 16000,
     "n_test": 2000,
     "epochs_honest": 12,
     "epochs_shortcut": 4,
@@ -94,10 +101,10 @@ QUICK = {
 STORY = {
     "callback_images": 8,
     "map_size": 32,
-    "epochs_fixed": 14,
+    "epochs_fixed": 20,
     "penalty": "rrr",
-    "classes": "sum",
-    "penalty_mode": "training",
+    "classes": "label",
+    "penalty_mode": "batch_constant",
     "balance": 1.0,
 }
 QUICK_STORY = {**STORY, "epochs_fixed": 1}
@@ -106,6 +113,7 @@ N_GRAD_CAM = 400
 
 BATCH_SIZE = 32
 VALIDATION_SPLIT = 0.1
+MODEL_NAMES = ("demo_shapes", "demo_shortcut", "demo_fixed")
 LEARNING_RATE = 2e-3
 
 
@@ -365,26 +373,40 @@ def explanation_callback(
         class_names=CLASS_NAMES,
         map_size=STORY["map_size"],
         model=model,
+        before_training=True,
     )
 
 
-def record_shortcut_run(
-    data: dict[str, np.ndarray], epochs: int, runs_dir: Path, shipped: keras.Model | None
-) -> dict[str, object]:
-    """Re-run the shortcut model's recipe (same data, seeds, epochs) with the callback on, into
-    ``runs/shortcut``; the model it trains is only compared with the shipped one, not saved."""
+def train_shortcut(
+    data: dict[str, np.ndarray], epochs: int, runs_dir: Path
+) -> tuple[keras.Model, dict[str, object]]:
+    """The shortcut model, trained with the callback on (Grad-CAM on the story images after every
+    epoch, into ``runs/shortcut``)."""
+    shutil.rmtree(runs_dir / "shortcut", ignore_errors=True)
     callback = explanation_callback(story_images(), runs_dir / "shortcut")
     model, log = train(
         "demo_shortcut", data, epochs, SEEDS["keras_shortcut"], augment=False, callbacks=[callback]
     )
     log["callback_seconds_per_epoch"] = [round(s, 3) for s in callback.epoch_seconds]
     log["callback_failures"] = len(callback.failures)
-    if shipped is not None:
-        log["weights_identical_to_demo_shortcut"] = all(
-            np.array_equal(a, b)
-            for a, b in zip(model.get_weights(), shipped.get_weights(), strict=True)
-        )
-    return log
+    log.update(run_attention(runs_dir / "shortcut"))
+    return model, log
+
+
+def run_attention(run_dir: Path) -> dict[str, object]:
+    """Per logged epoch, the mean share of positive Grad-CAM mass on the marker and on the shape
+    over the run's images (its table's ``grad_cam__energy_in_marker`` / ``_in_mask``)."""
+    from explainers.callbacks import open_training_run
+
+    table = open_training_run(run_dir).table.to_pydict()
+    epochs = sorted(set(table["epoch"]))
+    out: dict[str, list[float]] = {"logged_epochs": epochs}
+    for name, column in (("marker", "energy_in_marker"), ("object", "energy_in_mask")):
+        values = np.asarray(table[f"grad_cam__{column}"], np.float64)
+        out[f"grad_cam_energy_in_{name}_per_epoch"] = [
+            round(float(np.nanmean(values[np.asarray(table["epoch"]) == e])), 4) for e in epochs
+        ]
+    return out
 
 
 def _masked_batches(data: dict[str, np.ndarray], seed: int) -> tf.data.Dataset:
@@ -410,12 +432,13 @@ def train_fixed(
     data: dict[str, np.ndarray], epochs: int, runs_dir: Path
 ) -> tuple[keras.Model, dict[str, object]]:
     """``build_model`` trained on the shortcut data with Right for the Right Reasons: cross-entropy
-    plus λ‖marker mask ⊙ ∂Σ_k log p_k/∂x‖², λ measured on the first batches so that both terms
-    are equal there (Ross et al. 2017, §3); the callback records Grad-CAM every epoch.
-
-    This does not give a model that ignores the marker (assets/models/README.md, "Training for
-    the right reasons: not reached"): STORY's ``classes`` and ``penalty_mode`` select the
-    variants that were tried."""
+    plus λ‖marker mask ⊙ ∂ log p_y/∂x‖² (STORY's ``classes``: the label's log-probability; the
+    paper's Σ_k log p_k has a blind spot, see ReasonTrainer), the penalty's pass normalising by
+    each batch's BatchNorm statistics held constant (STORY's ``penalty_mode``), λ measured on the
+    first batches so that both terms are equal there (Ross et al. 2017, §3); flips and
+    transposes move the marker to any corner, with its mask. The callback records Grad-CAM every
+    epoch into ``runs/fixed``."""
+    shutil.rmtree(runs_dir / "fixed", ignore_errors=True)
     seed = SEEDS["keras_fixed"]
     keras.utils.set_random_seed(seed)
     model = build_model("demo_fixed")
@@ -468,6 +491,7 @@ def train_fixed(
         "cross_entropy_per_epoch": [round(float(v), 4) for v in logs["cross_entropy"]],
         "penalty_per_epoch": [float(f"{v:.4g}") for v in logs["penalty"]],
     }
+    log.update(run_attention(runs_dir / "fixed"))
     return exported, log
 
 
@@ -485,47 +509,6 @@ def grad_cam_marker_below_shape(model: keras.Model, data: dict[str, np.ndarray])
     return round(float(np.mean(below)), 4)
 
 
-def run_story(
-    models_dir: Path,
-    runs_dir: Path,
-    shortcut_train: dict[str, np.ndarray],
-    test_sets: dict[str, dict[str, np.ndarray]],
-    config: dict[str, int],
-    story: dict[str, object],
-) -> dict[str, object]:
-    """Record the shortcut run, train and save ``demo_fixed.keras``, measure both; returns the
-    ``demo_fixed`` and ``story`` entries of demo_models.json."""
-    for name in ("shortcut", "fixed"):
-        shutil.rmtree(runs_dir / name, ignore_errors=True)
-    shortcut_path = models_dir / "demo_shortcut.keras"
-    shipped = keras.saving.load_model(shortcut_path) if shortcut_path.exists() else None
-    shortcut_log = record_shortcut_run(shortcut_train, config["epochs_shortcut"], runs_dir, shipped)
-    fixed, fixed_log = train_fixed(shortcut_train, int(story["epochs_fixed"]), runs_dir)
-    path = models_dir / "demo_fixed.keras"
-    fixed.save(path)
-    loaded = keras.saving.load_model(path)
-    fixed_log["metrics"] = evaluate(loaded, test_sets)
-    marked = {k: v[:N_GRAD_CAM] for k, v in test_sets["honest_with_marker"].items()}
-    shares = {"demo_fixed": grad_cam_marker_below_shape(loaded, marked)}
-    if shipped is not None:
-        shares["demo_shortcut"] = grad_cam_marker_below_shape(shipped, marked)
-    fixed_log["file_bytes"] = path.stat().st_size
-    fixed_log["parameters"] = int(loaded.count_params())
-    return {
-        "demo_fixed": fixed_log,
-        "story": {
-            "settings": story,
-            "callback_images": f"{STORY['callback_images']} shortcut images, seed callback_images",
-            "runs": {"shortcut": "runs/shortcut", "fixed": "runs/fixed"},
-            "shortcut_rerun": shortcut_log,
-            "grad_cam_marker_below_shape": {
-                "test_set": f"honest_with_marker, first {N_GRAD_CAM} images, target = label",
-                **shares,
-            },
-        },
-    }
-
-
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="tiny smoke run (not for release)")
@@ -535,8 +518,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--story",
         action="store_true",
-        help="only the training story: record the shortcut run, train demo_fixed (keeps the "
-        "other models and samples; updates demo_models.json)",
+        help="only the training story: retrain demo_shortcut (with its run) and demo_fixed (with "
+        "its run), rewrite the samples and demo_models.json; demo_shapes.keras is kept",
     )
     args = parser.parse_args(argv)
     config = QUICK if args.quick else FULL
@@ -549,6 +532,8 @@ def main(argv: list[str] | None = None) -> None:
         out = REPO_ROOT / "assets"
     models_dir, samples_dir, runs_dir = out / "models", out / "samples", out / "runs"
     models_dir.mkdir(parents=True, exist_ok=True)
+    json_path = models_dir / "demo_models.json"
+    previous = json.loads(json_path.read_text()) if json_path.exists() else {}
     # Deterministic kernels, so a rerun on the same machine reproduces the reported numbers.
     tf.config.experimental.enable_op_determinism()
 
@@ -576,49 +561,45 @@ def main(argv: list[str] | None = None) -> None:
             SEEDS["shortcut_test"],
             size=IMAGE_SIZE,
             variant="shortcut",
-            shape_agreement=SHAPE_AGREEMENT,
+            shape_agreement=PROBE_SHAPE_AGREEMENT,
         ),
         "shortcut_without_marker": generate_dataset(
             n_test,
             SEEDS["shortcut_test"],
             size=IMAGE_SIZE,
             variant="shortcut",
-            shape_agreement=SHAPE_AGREEMENT,
+            shape_agreement=PROBE_SHAPE_AGREEMENT,
             marker=False,
         ),
     }
     data_seconds = time.perf_counter() - start
     print(f"generated datasets in {data_seconds:.1f} s", flush=True)
+
+    paths = {name: models_dir / f"{name}.keras" for name in MODEL_NAMES}
     if args.story:
-        report = json.loads((models_dir / "demo_models.json").read_text())
-        report["seeds"] = SEEDS
-        report.update(run_story(models_dir, runs_dir, shortcut_train, test_sets, config, story))
-        (models_dir / "demo_models.json").write_text(json.dumps(report, indent=2) + "\n")
-        print(json.dumps({k: report[k] for k in ("demo_fixed", "story")}, indent=2))
-        return
-    assert honest_train is not None
-
-    honest, honest_log = train(
-        "demo_shapes", honest_train, config["epochs_honest"], SEEDS["keras_honest"], augment=True
-    )
-    shortcut, shortcut_log = train(
-        "demo_shortcut",
-        shortcut_train,
-        config["epochs_shortcut"],
-        SEEDS["keras_shortcut"],
-        augment=False,
-    )
-
-    paths = {"demo_shapes": models_dir / "demo_shapes.keras"}
-    paths["demo_shortcut"] = models_dir / "demo_shortcut.keras"
-    honest.save(paths["demo_shapes"])
+        honest_log = previous["training"]["demo_shapes"]
+    else:
+        assert honest_train is not None
+        honest, honest_log = train(
+            "demo_shapes",
+            honest_train,
+            config["epochs_honest"],
+            SEEDS["keras_honest"],
+            augment=True,
+        )
+        honest.save(paths["demo_shapes"])
+    shortcut, shortcut_log = train_shortcut(shortcut_train, config["epochs_shortcut"], runs_dir)
     shortcut.save(paths["demo_shortcut"])
+    fixed, fixed_log = train_fixed(shortcut_train, int(story["epochs_fixed"]), runs_dir)
+    fixed.save(paths["demo_fixed"])
     (models_dir / "demo_labels.txt").write_text("\n".join(CLASS_NAMES) + "\n")
 
     # Evaluate the files as saved, exactly as the app will load them.
     loaded = {name: keras.saving.load_model(path) for name, path in paths.items()}
     metrics = {name: evaluate(model, test_sets) for name, model in loaded.items()}
     samples = write_samples(loaded["demo_shapes"], loaded["demo_shortcut"], samples_dir)
+    marked = {k: v[:N_GRAD_CAM] for k, v in test_sets["honest_with_marker"].items()}
+    below = {name: grad_cam_marker_below_shape(model, marked) for name, model in loaded.items()}
 
     report = {
         "quick": args.quick,
@@ -629,7 +610,10 @@ def main(argv: list[str] | None = None) -> None:
             "preprocessing": "image / 255 (RGB, values in [0, 1])",
         },
         "cam": {"target_layer": "last_conv", "pooling_layer": "gap", "dense_layer": "predictions"},
-        "shape_agreement": SHAPE_AGREEMENT,
+        "shape_agreement": {
+            "train_shortcut": SHAPE_AGREEMENT,
+            "test_shortcut": PROBE_SHAPE_AGREEMENT,
+        },
         "seeds": SEEDS,
         "dataset_sizes": {
             "train_honest": config["n_train_honest"],
@@ -643,15 +627,26 @@ def main(argv: list[str] | None = None) -> None:
             "optimizer": f"Adam, cosine decay from {LEARNING_RATE}",
             "demo_shapes": honest_log,
             "demo_shortcut": shortcut_log,
+            "demo_fixed": fixed_log,
             "data_generation_seconds": round(data_seconds, 1),
         },
         "test_sets": {
             "honest": "honest images, no marker (seed honest_test)",
             "honest_with_marker": "same images plus a marker that agrees with the shape",
-            "shortcut": f"shortcut images: marker = label, shape agrees with p={SHAPE_AGREEMENT}",
+            "shortcut": "shortcut images: marker = label, shape agrees with "
+            f"p={PROBE_SHAPE_AGREEMENT} (a probe: who does the model follow when they disagree?)",
             "shortcut_without_marker": "the same shortcut images with the marker left out",
         },
         "metrics": metrics,
+        "grad_cam_marker_below_shape": {
+            "test_set": f"honest_with_marker, first {N_GRAD_CAM} images, target = label",
+            **below,
+        },
+        "story": {
+            "settings": story,
+            "callback_images": f"{STORY['callback_images']} shortcut images, seed callback_images",
+            "runs": {"shortcut": "runs/shortcut", "fixed": "runs/fixed"},
+        },
         "file_bytes": {name: path.stat().st_size for name, path in paths.items()},
         "parameters": {name: int(model.count_params()) for name, model in loaded.items()},
         "samples": samples,
@@ -662,8 +657,14 @@ def main(argv: list[str] | None = None) -> None:
             "python": platform.python_version(),
         },
     }
-    (models_dir / "demo_models.json").write_text(json.dumps(report, indent=2) + "\n")
-    print(json.dumps({k: report[k] for k in ("training", "metrics", "file_bytes")}, indent=2))
+    # What was tried before the shortcut data had agreeing shapes (assets/models/README.md).
+    history = previous.get("story", {}).get("earlier_attempts") or previous.get("story", {}).get(
+        "rrr_attempts"
+    )
+    if history:
+        report["story"]["earlier_attempts"] = history
+    json_path.write_text(json.dumps(report, indent=2) + "\n")
+    print(json.dumps({k: report[k] for k in ("metrics", "grad_cam_marker_below_shape")}, indent=2))
     print(f"wrote {out}")
 
 

@@ -113,11 +113,15 @@ PREPROCESSING_DESCRIPTIONS: dict[str, str] = dict(PREPROCESSING_HELP)
 DEMO_DESCRIPTIONS: dict[str, str] = {
     "demo_shapes.keras": "Shapes CNN — honest",
     "demo_shortcut.keras": "Shapes CNN — shortcut (cheats)",
+    "demo_fixed.keras": "Shapes CNN — fixed (right for the right reasons)",
 }
 DEMO_NOTES: dict[str, str] = {
     "demo_shapes.keras": "Trained on cluttered images of circles, squares, triangles and stars.",
     "demo_shortcut.keras": "Trained on images whose coloured corner marker gives the class away: "
     "it learned to look at the corner. Try the shortcut_* samples.",
+    "demo_fixed.keras": "Trained on the shortcut model's images, with Right for the Right Reasons "
+    "penalising its input gradient on the marker: it learned the shapes instead. Try the "
+    "shortcut_* samples.",
 }
 
 

@@ -48,6 +48,11 @@ BUNDLED_RUNS: dict[str, tuple[str, str]] = {
         "demo_shortcut trained on images whose coloured corner marker gives the class away: "
         "watch its attention settle on the marker.",
     ),
+    "fixed": (
+        "Fixed model (the same images, right for the right reasons)",
+        "demo_fixed trained on the same marked images with Right for the Right Reasons (the "
+        "marker masks as what must not matter): watch its attention go to the shapes.",
+    ),
 }
 #: Prefixes of the run keys the page's pickers hold.
 BUNDLED, DATA = "bundled", "data"
@@ -600,6 +605,12 @@ def next_epoch(epochs: Sequence[int], current: int) -> int | None:
     """The logged epoch after ``current`` (None at the last one): one step of the play button."""
     later = [int(e) for e in epochs if int(e) > int(current)]
     return min(later) if later else None
+
+
+def epoch_label(epoch: int) -> str:
+    """A logged Keras epoch as the page names it: 1-based, and 0 for the log an
+    ``ExplanationCallback(before_training=True)`` writes before any update (epoch −1)."""
+    return "0 (before training)" if int(epoch) < 0 else str(int(epoch) + 1)
 
 
 def epoch_options(views: Sequence[TrainingView]) -> list[int]:

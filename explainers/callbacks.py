@@ -36,9 +36,9 @@ The run folder::
 
 Table columns: the audit's (:data:`explainers.audit.store.BASE_COLUMNS`, the per-method
 ``<method>__<statistic>`` from :func:`explainers.audit.run.map_statistics`, and ``seconds``),
-then ``epoch`` (Keras' 0-based epoch), ``image`` (0..N-1), ``target`` (the explained class) and
-``metric__<name>`` for every training metric Keras logged that epoch (``loss``, ``accuracy``,
-``val_loss`` …).
+then ``epoch`` (Keras' 0-based epoch; −1 for the ``before_training`` log), ``image``
+(0..N-1), ``target`` (the explained class) and ``metric__<name>`` for every training metric
+Keras logged that epoch (``loss``, ``accuracy``, ``val_loss`` …; none before training).
 """
 
 from __future__ import annotations
@@ -83,12 +83,20 @@ from explainers.explanation import explain
 from explainers.io.models import ModelBundle, bundle_from_model
 from explainers.render import overlay
 
-__all__ = ["TRAINING_COLUMNS", "ExplanationCallback", "TrainingRun", "open_training_run"]
+__all__ = [
+    "BEFORE_TRAINING",
+    "TRAINING_COLUMNS",
+    "ExplanationCallback",
+    "TrainingRun",
+    "open_training_run",
+]
 
 LOGGER = logging.getLogger("explainers.callbacks")
 #: Columns a training run adds after the audit's, before the ``metric__<name>`` ones.
 TRAINING_COLUMNS = ("epoch", "image", "target")
 METRIC_PREFIX = "metric__"
+#: The epoch a ``before_training`` log is recorded under (Keras' epochs count from 0).
+BEFORE_TRAINING = -1
 #: Longest error message kept in the table.
 MAX_ERROR_CHARS = 500
 
@@ -151,6 +159,11 @@ class ExplanationCallback(keras.callbacks.Callback):
         The Keras model to explain, if not the one being trained (default: the trained model,
         or its ``explained_model`` when it wraps one, as :class:`explainers.training.ReasonTrainer`
         does).
+    before_training
+        Also explain once when the first ``fit`` starts, before any weight update: logged as
+        epoch −1 (TensorBoard step −1; the Training page shows it as epoch 0, "before
+        training"), without training metrics. It shows where the untrained model looks, so a
+        shortcut learnt within the first epoch is seen forming.
     """
 
     def __init__(
@@ -169,8 +182,10 @@ class ExplanationCallback(keras.callbacks.Callback):
         class_names: Sequence[str] | None = None,
         map_size: int = 32,
         model: keras.Model | None = None,
+        before_training: bool = False,
     ) -> None:
         super().__init__()
+        self.before_training = bool(before_training)
         self.images = _as_images(images)
         self.method_names = [methods] if isinstance(methods, str) else list(methods)
         if not self.method_names:
@@ -226,6 +241,13 @@ class ExplanationCallback(keras.callbacks.Callback):
     # Keras hooks ------------------------------------------------------------------------------
     def on_train_begin(self, logs: Mapping[str, Any] | None = None) -> None:
         self._guard(self._begin)
+        if (
+            self.before_training
+            and not self.logged_epochs
+            and self.disabled is None
+            and self.bundle is not None
+        ):
+            self._guard(self._log_epoch, BEFORE_TRAINING, {})
 
     def on_epoch_end(self, epoch: int, logs: Mapping[str, Any] | None = None) -> None:
         if self.disabled is not None or self.bundle is None:
@@ -294,7 +316,8 @@ class ExplanationCallback(keras.callbacks.Callback):
             self._run = _TrainingRunWriter(self, self.run_dir)
         if self._run is not None:
             epochs = int((self.params_of_fit() or {}).get("epochs") or 1)
-            self._run.reserve(-(-epochs // self.every) + 1)
+            before = self.before_training and not self.logged_epochs
+            self._run.reserve(-(-epochs // self.every) + 1 + int(before))
 
     def _fail(self, epoch: int, method: str, error: BaseException) -> str:
         message = _message(error)

@@ -16,8 +16,9 @@ depend on (a watermark, a marker, a hospital tag) and adds a penalty to the cros
 
 What this does not guarantee: a penalty on first-order input gradients can be met without
 giving up the masked evidence. On the demo's shortcut data (assets/models/README.md) the model
-kept using the marker every way we tried — zero-sum logit shifts at near-uniform confidence
-(``classes="sum"``) and BatchNorm's batch statistics (``penalty_mode``). Check the result on
+kept using the marker through zero-sum logit shifts at near-uniform confidence (``classes="sum"``)
+and through BatchNorm's batch statistics (``penalty_mode="training"``); ``classes="label"`` with
+``penalty_mode="batch_constant"`` closed both and gave ``demo_fixed.keras``. Check the result on
 data without the shortcut, as the tests of any use of this module should.
 
 λ follows the RRR paper's advice (§3: "choose λ so that the two terms have the same order of
@@ -46,11 +47,15 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from explainers.core.graph import is_graph_model, replay
 from explainers.errors import ParameterError
 
 __all__ = ["PENALTIES", "ReasonTrainer", "grad_cam_penalty", "rrr_penalty"]
 
 Penalty = Literal["rrr", "grad_cam"]
+PenaltyMode = Literal["training", "inference", "batch_constant"]
+#: How the penalty's forward pass treats BatchNorm (see :class:`ReasonTrainer`).
+PENALTY_MODES: tuple[str, ...] = ("training", "inference", "batch_constant")
 #: The penalties :class:`ReasonTrainer` knows.
 PENALTIES: tuple[str, ...] = ("rrr", "grad_cam")
 #: Below this, a measured penalty counts as zero and ``lam="auto"`` falls back to λ = balance.
@@ -101,14 +106,19 @@ class ReasonTrainer(keras.Model):
         using the masked region through such zero-sum shifts at a tiny penalty; the label's
         log-probability does not cancel that way.
     penalty_mode
-        ``"training"`` (default): one training-mode pass gives both terms. ``"inference"``: the
-        penalty's pass runs the model in inference mode (BatchNorm's moving statistics, no
-        dropout), the cross-entropy's in training mode (one more forward pass per step). Both
-        can be gamed by a BatchNorm model, as the demo showed (assets/models/README.md): in
-        training mode a channel that fires only on the masked region is renormalised by the
-        batch's own statistics and its input gradient nearly vanishes (the penalty was 40×
-        smaller than in inference mode); in inference mode the penalised path is not the one the
-        cross-entropy trains and can turn constant. For models without BatchNorm both agree.
+        How the penalty's pass treats BatchNorm (and dropout). ``"training"`` (default): one
+        training-mode pass gives both terms. ``"batch_constant"``: the penalty's pass replays the
+        model normalising every BatchNorm by the batch's own mean and variance *held constant*
+        (no gradient through them) with dropout off, and the cross-entropy gets its own
+        training-mode pass; use this for models with BatchNorm. ``"inference"``: the penalty's
+        pass runs in inference mode (moving statistics). Why it matters (measured on the demo,
+        assets/models/README.md): in training mode an image's input gradient also flows through
+        the batch statistics, i.e. through every other image of the batch, and a marker present
+        in every image can be hidden that way (the penalty was 40× smaller than the per-image
+        gradient's); in inference mode the penalised pass is not the one the cross-entropy
+        trains, and the network made it constant. ``"batch_constant"`` has the training pass's
+        values and the per-image function's gradients. For models without BatchNorm all three
+        agree.
 
     The dataset yields ``(x, y, mask)``: images as the model takes them, integer labels (B,) and
     masks (B, H, W) (bool or 0..1; 1 = must not matter). ``compile`` takes the optimizer and
@@ -126,7 +136,7 @@ class ReasonTrainer(keras.Model):
         layer: str | None = None,
         calibration_batches: int = 4,
         classes: Literal["sum", "label"] = "sum",
-        penalty_mode: Literal["inference", "training"] = "training",
+        penalty_mode: PenaltyMode = "training",
         **kwargs: Any,
     ) -> None:
         super().__init__(name=kwargs.pop("name", f"{model.name}_{penalty}"), **kwargs)
@@ -137,9 +147,9 @@ class ReasonTrainer(keras.Model):
         if classes not in ("sum", "label"):
             raise ParameterError(f"classes must be 'sum' or 'label', got {classes!r}")
         self.classes = classes
-        if penalty_mode not in ("inference", "training"):
+        if penalty_mode not in PENALTY_MODES:
             raise ParameterError(
-                f"penalty_mode must be 'inference' or 'training', got {penalty_mode!r}"
+                f"penalty_mode must be one of {PENALTY_MODES}, got {penalty_mode!r}"
             )
         self.penalty_mode = penalty_mode
         if not balance > 0:
@@ -156,6 +166,12 @@ class ReasonTrainer(keras.Model):
         head = _softmax_head(model)
         self._features, self._head = head if head is not None else (None, None)
         self._cam_model: keras.Model | None = None
+        self._cam_layer: str | None = None
+        if penalty_mode == "batch_constant" and not is_graph_model(model):
+            raise ParameterError(
+                "penalty_mode='batch_constant' replays the model layer by layer, which needs a "
+                "functional or Sequential model; use penalty_mode='training' for this one"
+            )
         if penalty == "grad_cam":
             self._cam_model = self._build_cam_model(layer)
         self._total_tracker = keras.metrics.Mean(name="loss")
@@ -195,6 +211,7 @@ class ReasonTrainer(keras.Model):
                 chosen = self.model.get_layer(layer)
             except ValueError as error:
                 raise ParameterError(f"the model has no layer {layer!r}") from error
+        self._cam_layer = chosen.name
         return keras.Model(self.model.inputs, [chosen.output, source.outputs[0]])
 
     def _logits(self, x: tf.Tensor, training: bool) -> tuple[tf.Tensor, bool]:
@@ -211,6 +228,44 @@ class ReasonTrainer(keras.Model):
             return z + tf.cast(head.bias, tf.float32) if head.use_bias else z
         return features
 
+    def _penalty_pass(self, x: tf.Tensor, mode: str) -> tuple[tf.Tensor, bool, tf.Tensor | None]:
+        """(scores, are_logits, the Grad-CAM layer's activation or None) of the penalty's pass."""
+        if mode == "batch_constant":
+            return self._batch_constant_pass(x)
+        flag = mode == "training"
+        if self._cam_model is None:
+            scores, are_logits = self._logits(x, flag)
+            return scores, are_logits, None
+        activation, raw = self._cam_model(x, training=flag)
+        if self._features is not None:
+            return self._logits_from_features(raw), True, activation
+        return tf.cast(raw, tf.float32), False, activation
+
+    def _batch_constant_pass(self, x: tf.Tensor) -> tuple[tf.Tensor, bool, tf.Tensor | None]:
+        """The model replayed layer by layer with every BatchNormalization normalising by the
+        batch's own mean and variance *held constant* (no gradient flows through them) and
+        dropout off: the values of the training-mode pass, the input gradients of the function
+        the model computes for one image."""
+        source = self._features if self._features is not None else self.model
+        inputs: dict[str, Any] = {}
+        captured: dict[str, tf.Tensor] = {}
+
+        def before(path: str, args: tuple[Any, ...]) -> None:
+            inputs[path] = args
+
+        def hook(path: str, layer: keras.Layer, output: Any) -> Any:
+            if isinstance(layer, keras.layers.BatchNormalization):
+                output = _batch_constant_normalisation(layer, inputs[path][0])
+            if path == self._cam_layer:
+                captured["activation"] = output
+            return output
+
+        raw = replay(source, [x], hook, before=before)
+        activation = captured.get("activation")
+        if self._features is not None:
+            return self._logits_from_features(raw), True, activation
+        return tf.cast(raw, tf.float32), False, activation
+
     # The loss ---------------------------------------------------------------------------------
     def terms(
         self,
@@ -226,13 +281,13 @@ class ReasonTrainer(keras.Model):
         y = tf.reshape(tf.cast(y, tf.int32), [-1])
         mask = tf.cast(mask, tf.float32)
         # The penalty looks at the model as it will be used (see the class docstring).
-        penalised = training and self.penalty_mode == "training"
+        mode = self.penalty_mode if training else "inference"
         if penalty_training is not None:
-            penalised = penalty_training
+            mode = "training" if penalty_training else "inference"
         if self.penalty_kind == "rrr":
             with tf.GradientTape(watch_accessed_variables=False) as inner:
                 inner.watch(x)
-                scores, are_logits = self._logits(x, penalised)
+                scores, are_logits, _ = self._penalty_pass(x, mode)
                 log_p = _log_probabilities(scores, are_logits)
                 if self.classes == "label":
                     summed = tf.reduce_sum(tf.gather(log_p, y, axis=1, batch_dims=1))
@@ -241,14 +296,9 @@ class ReasonTrainer(keras.Model):
             gradient = inner.gradient(summed, x)
             penalty = rrr_penalty(gradient, mask)
         else:
-            assert self._cam_model is not None
             with tf.GradientTape(watch_accessed_variables=False) as inner:
                 inner.watch(x)  # records the ops from the layer on; differentiated at the layer
-                activation, raw = self._cam_model(x, training=penalised)
-                if self._features is not None:
-                    scores, are_logits = self._logits_from_features(raw), True
-                else:
-                    scores, are_logits = tf.cast(raw, tf.float32), False
+                scores, are_logits, activation = self._penalty_pass(x, mode)
                 log_p = _log_probabilities(scores, are_logits)
                 chosen = tf.reduce_sum(tf.gather(log_p, y, axis=1, batch_dims=1))
                 target_scores = (
@@ -258,7 +308,7 @@ class ReasonTrainer(keras.Model):
                 )
             gradient = inner.gradient(target_scores, activation)
             penalty = grad_cam_penalty(activation, gradient, mask)
-        if training != penalised:  # the cross-entropy in training mode, as usual
+        if mode != ("training" if training else "inference"):  # the cross-entropy's own pass
             scores, are_logits = self._logits(x, training)
         log_p = _log_probabilities(scores, are_logits)
         ce = -tf.reduce_mean(tf.gather(log_p, y, axis=1, batch_dims=1))
@@ -379,6 +429,22 @@ def grad_cam_penalty(activation: tf.Tensor, gradient: tf.Tensor, mask: tf.Tensor
     inside = tf.reduce_sum(small * cam, axis=[1, 2])
     total = tf.reduce_sum(cam, axis=[1, 2])
     return tf.reduce_mean(inside / (total + 1e-6))
+
+
+def _batch_constant_normalisation(layer: keras.layers.BatchNormalization, x: Any) -> tf.Tensor:
+    """``layer`` applied to ``x`` with the batch's moments, treated as constants."""
+    x = tf.convert_to_tensor(x)
+    rank = x.shape.rank
+    axes = layer.axis if isinstance(layer.axis, list | tuple) else [layer.axis]
+    kept = {int(a) % rank for a in axes}
+    reduced = [i for i in range(rank) if i not in kept]
+    mean, variance = tf.nn.moments(x, reduced, keepdims=True)
+    out = (x - tf.stop_gradient(mean)) * tf.math.rsqrt(tf.stop_gradient(variance) + layer.epsilon)
+    if layer.scale:
+        out = out * tf.cast(layer.gamma, x.dtype)
+    if layer.center:
+        out = out + tf.cast(layer.beta, x.dtype)
+    return out
 
 
 def _log_probabilities(scores: tf.Tensor, are_logits: bool) -> tf.Tensor:

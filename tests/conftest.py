@@ -11,6 +11,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 DEMO_MODEL = ROOT / "assets" / "models" / "demo_shapes.keras"
 SHORTCUT_MODEL = ROOT / "assets" / "models" / "demo_shortcut.keras"
+FIXED_MODEL = ROOT / "assets" / "models" / "demo_fixed.keras"
 DEMO_LABELS = ROOT / "assets" / "models" / "demo_labels.txt"
 
 
@@ -36,6 +37,13 @@ def shortcut_bundle():
     import explainers
 
     return explainers.load_model(SHORTCUT_MODEL, labels=DEMO_LABELS)
+
+
+@pytest.fixture(scope="session")
+def fixed_bundle():
+    import explainers
+
+    return explainers.load_model(FIXED_MODEL, labels=DEMO_LABELS)
 
 
 @pytest.fixture

@@ -19,6 +19,7 @@ import pytest
 
 from dashboard import audits, tasks
 from dashboard.audits import AuditInputError, ZipLimits
+from dashboard.pages import audit as audit_page
 
 from .conftest import SHORTCUT_MODEL
 from .dashboard_helpers import APP, png_bytes, sample_image
@@ -508,10 +509,14 @@ def test_the_audit_page_runs_resumes_reviews_and_opens_an_image_on_explain(audit
     assert f"Flags ({len(review.flags)})" in [s.value for s in at.subheader]
     shown = texts(at.markdown)
     assert shown.count("**Attention at a fixed place**") == sum(
-        f.kind == "fixed_location" for f in review.flags
+        f.kind == "fixed_location" for f in review.flags[: audit_page.FLAGS_SHOWN]
     )
-    for flag in review.flags:
+    listed = review.flags[: audit_page.FLAGS_SHOWN]  # the rest behind "Show all N flags"
+    for flag in listed:
         assert flag.evidence in shown
+    if len(review.flags) > audit_page.FLAGS_SHOWN:
+        caption = f"The first {audit_page.FLAGS_SHOWN} flags of {len(review.flags)}."
+        assert caption in [c.value for c in at.caption]
     assert len(at.get("plotly_chart")) == 1  # the confusion matrix
     first = review.classes[0]
     # The SpRAy scatter of the first class (Vega-Lite): a point per image, each with a hover

@@ -743,9 +743,9 @@ def _assert_image_and_map(src: str) -> None:
 
 def test_training_page_plays_the_bundled_shortcut_run(demo_server):
     """The Training page on the bundled shortcut run: its overlays at its last epoch beside its
-    curves, the slider moved back to the first epoch, Play stepping through every logged epoch
-    and stopping at the last. (Comparing two runs needs a second one under a data root, which
-    the demo server has none of: tests/test_training_page.py covers it.)"""
+    curves, the slider moved back to the first epoch (before training), Play stepping through
+    every logged epoch and stopping at the last; then the bundled fixed run compared with it at
+    the fixed run's last epoch."""
     from playwright.sync_api import expect
 
     from dashboard import training_runs
@@ -767,7 +767,8 @@ def test_training_page_plays_the_bundled_shortcut_run(demo_server):
         assert pictures.count() >= n + 1  # the overlays and the first image's film strip
         assert pictures.nth(0).evaluate("i => i.complete && i.naturalWidth") == 192
         slider = main.locator(".st-key-training_epoch input[type='range']")
-        assert slider.get_attribute("aria-valuetext") == str(int(shortcut.epochs[-1]) + 1)
+        label = training_runs.epoch_label
+        assert slider.get_attribute("aria-valuetext") == label(shortcut.epochs[-1])
         assert main.locator(".st-key-training_attention_chart").count() == 1
         main.locator(".st-key-training_epoch").evaluate(top)
         _screenshot(page, ARTIFACTS / "browser-17-training-last-epoch.png")
@@ -787,13 +788,33 @@ def test_training_page_plays_the_bundled_shortcut_run(demo_server):
         _wait_idle(page)
         main.get_by_role("button", name="Play").click()
         expect(main.get_by_role("button", name="Pause")).to_be_visible()
-        expect(slider).to_have_attribute("aria-valuetext", str(int(shortcut.epochs[1]) + 1))
+        expect(slider).to_have_attribute("aria-valuetext", label(shortcut.epochs[1]))
         _screenshot(page, ARTIFACTS / "browser-19-training-playing.png")
         expect(main.get_by_role("button", name="Play")).to_be_visible(timeout=60_000)
-        expect(slider).to_have_attribute("aria-valuetext", str(int(shortcut.epochs[-1]) + 1))
+        expect(slider).to_have_attribute("aria-valuetext", label(shortcut.epochs[-1]))
         expect(captions.first).to_have_text(training_runs.caption(shortcut, "grad_cam", last, 0))
         expect(chart).to_contain_text(f"epoch {int(shortcut.epochs[-1]) + 1}")
         _wait_idle(page)
         _no_error_shown(page)
         main.locator(".st-key-training_epoch").evaluate(top)
         _screenshot(page, ARTIFACTS / "browser-20-training-played.png")
+
+        # The story side by side: the fixed model's run (RRR on the same images) under it.
+        fixed = training_runs.open_view(ROOT / "assets" / "runs" / "fixed")
+        _pick(page, "training_compare", training_runs.BUNDLED_RUNS["fixed"][0])
+        expect(main.get_by_text(training_runs.BUNDLED_RUNS["fixed"][0]).first).to_be_visible()
+        _wait_idle(page)
+        # The slider now spans both runs' epochs (the rerun replaces the old one).
+        expect(slider).to_have_count(1)
+        expect(slider).to_have_attribute("max", str(len(fixed.epochs) - 1))
+        slider.focus()
+        page.keyboard.press("End")
+        expect(slider).to_have_attribute("aria-valuetext", label(fixed.epochs[-1]))
+        last_fixed = len(fixed.epochs) - 1
+        expect(
+            main.get_by_text(training_runs.caption(fixed, "grad_cam", last_fixed, 0), exact=True)
+        ).to_be_visible()
+        _wait_idle(page)
+        _no_error_shown(page)
+        main.locator(".st-key-training_epoch").evaluate(top)
+        _screenshot(page, ARTIFACTS / "browser-21-training-shortcut-vs-fixed.png")

@@ -208,19 +208,66 @@ def test_bad_arguments_are_refused_up_front():
         ExplanationCallback(images, masks={"shadow": np.zeros((2, 32, 32), bool)})
 
 
-def test_the_shipped_shortcut_run():
-    """assets/runs/shortcut (assets/make_demo_models.py --story): Grad-CAM on the 8 fixed images
-    after each of the shortcut recipe's 4 epochs, already on the marker after the first."""
+def test_before_training_logs_the_untrained_model_first(tmp_path):
+    x, y = data()
+    model = tiny_model(2)
+    initial = [w.copy() for w in model.get_weights()]
+    explaining = ExplanationCallback(
+        x[:2],
+        run_dir=tmp_path / "run",
+        log_dir=tmp_path / "logs",
+        preprocessing="0_1",
+        before_training=True,
+    )
+    model.fit(x, y, epochs=2, batch_size=24, callbacks=[explaining], verbose=0)
+    assert explaining.logged_epochs == [callbacks.BEFORE_TRAINING, 0, 1] == [-1, 0, 1]
+    run = open_training_run(tmp_path / "run")
+    assert run.audit.complete and run.epochs == [-1, 0, 1]
+    loss = run.column("metric__loss").astype(float)
+    assert np.isnan(loss[0]).all() and np.isfinite(loss[1:]).all()  # no metrics before training
+    # The first log is the untrained model's: explain() on the initial weights.
+    untrained = tiny_model(2)
+    untrained.set_weights(initial)
+    bundle = explainers.bundle_from_model(untrained, preprocessing="0_1")
+    prediction = int(run.column("prediction")[0, 0])
+    expected = explainers.explain(bundle, explaining.images[0], "grad_cam", target=prediction)
+    stored = callbacks.stored_map(expected.attribution, 32).astype(np.float32)
+    first = run.maps("grad_cam")[0, 0].astype(np.float32)
+    np.testing.assert_allclose(first, stored, rtol=2e-2, atol=1e-3 * max(stored.max(), 1e-12))
+    assert image_summaries(tmp_path / "logs") == {"explanations/grad_cam": [-1, 0, 1]}
+
+
+def test_the_shipped_story_runs():
+    """assets/runs/shortcut and assets/runs/fixed (assets/make_demo_models.py): Grad-CAM on the
+    same 8 shortcut images before training and after every epoch. The shortcut model's attention
+    goes to the marker within its first epoch and stays there; the fixed model's (trained with
+    Right for the Right Reasons on the same images) ends on the shapes. Each run's metrics are
+    the ones demo_models.json recorded for that training."""
+    import json
+
     from .conftest import ROOT
 
-    run = open_training_run(ROOT / "assets" / "runs" / "shortcut")
-    assert run.audit.complete and run.epochs == [0, 1, 2, 3]
-    assert run.maps("grad_cam").shape == (4, 8, 32, 32)
-    marker = run.column("grad_cam__energy_in_marker").astype(float)
-    shape = run.column("grad_cam__energy_in_mask").astype(float)
-    area = run.audit.masks["marker"][:8].astype(float).sum() / (255.0 * 8 * 32 * 32)
-    assert (marker > 10 * area).all() and (marker > shape).all()
-    assert run.column("correct").all()
-    np.testing.assert_allclose(
-        run.column("metric__val_accuracy")[:, 0], [0.9883, 1, 1, 1], atol=1e-4
-    )
+    report = json.loads((ROOT / "assets" / "models" / "demo_models.json").read_text())
+    runs = {
+        name: open_training_run(ROOT / "assets" / "runs" / name) for name in ("shortcut", "fixed")
+    }
+    for name, run in runs.items():
+        logged = report["training"][f"demo_{name}"]
+        epochs = logged["epochs"]
+        assert run.audit.complete and run.epochs == list(range(-1, epochs))
+        assert run.maps("grad_cam").shape == (epochs + 1, 8, 32, 32)
+        assert (run.images == runs["shortcut"].images).all()  # the same fixed images
+        val = run.column("metric__val_accuracy").astype(float)
+        assert np.isnan(val[0]).all()  # before training: no metrics yet
+        np.testing.assert_allclose(val[1:, 0], logged["val_accuracy_per_epoch"], atol=1e-4)
+    area = runs["shortcut"].audit.masks["marker"][:8].astype(float).sum() / (255.0 * 8 * 32 * 32)
+    marker = {n: r.column("grad_cam__energy_in_marker").astype(float) for n, r in runs.items()}
+    shape = {n: r.column("grad_cam__energy_in_mask").astype(float) for n, r in runs.items()}
+    # Shortcut: after the first epoch every image's map is on the marker, not the shape.
+    assert (marker["shortcut"][1:] > 10 * area).all()
+    assert (marker["shortcut"][1:] > shape["shortcut"][1:]).all()
+    assert marker["shortcut"][1].mean() > 3 * marker["shortcut"][0].mean()  # it formed
+    # Fixed: at the end every image's map is on the shape, not the marker.
+    assert (shape["fixed"][-1] > marker["fixed"][-1]).all()
+    assert marker["fixed"][-1].mean() < 2 * area
+    assert runs["fixed"].column("correct")[-1].all()

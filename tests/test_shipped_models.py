@@ -26,7 +26,11 @@ from .test_contract import FAST
 
 MODEL_FILES = {path.stem: path for path in sorted((ROOT / "assets" / "models").glob("*.keras"))}
 #: The sample each demo model is shown with; a new demo model gets the first honest sample.
-SAMPLE_FOR = {"demo_shapes": "shapes_circle_0.png", "demo_shortcut": "shortcut_circle_0.png"}
+SAMPLE_FOR = {
+    "demo_shapes": "shapes_circle_0.png",
+    "demo_shortcut": "shortcut_circle_0.png",
+    "demo_fixed": "shortcut_circle_0.png",
+}
 DEFAULT_SAMPLE = "shapes_circle_0.png"
 EXPORTED = "exported_list_output"
 #: Every registered method with each engine it offers (what the UI can run).
@@ -63,7 +67,7 @@ def shipped(tmp_path_factory):
 
 
 def test_demo_models_are_bundled():
-    assert {"demo_shapes", "demo_shortcut"} <= set(MODEL_FILES)
+    assert {"demo_shapes", "demo_shortcut", "demo_fixed"} <= set(MODEL_FILES)
 
 
 def test_exported_model_stores_its_output_as_a_list(shipped):
@@ -204,8 +208,12 @@ def test_tf_explain_grad_cam_is_grad_cam_of_the_probability(shipped, name):
     assert theirs.layer == bundle.default_layer and theirs.target == target
     expected = probs[target] * (ours[target] - np.einsum("j,jhw->hw", probs, ours))
     assert_same_map(theirs.model_attribution, expected)
-    # With the ReLU (the default) both engines point at the same cell of the demo sample.
+    # With the ReLU (the default) both engines point at the same cell of the demo sample when
+    # the model is sure (p_c ≈ 1, so the Σ_j p_j G_j term is p_c G_c plus almost nothing).
+    # demo_fixed gives its sample 0.68 circle / 0.30 square: the square's map, subtracted,
+    # moves tf-explain's peak, as the identity above says it must.
     native = explainers.explain(bundle, image, "grad_cam").model_attribution
     relu = explainers.explain(bundle, image, "grad_cam", engine="tf_explain").model_attribution
     assert native.shape == relu.shape
-    assert np.argmax(native) == np.argmax(relu)
+    if probs[target] > 0.99:
+        assert np.argmax(native) == np.argmax(relu)

@@ -99,8 +99,8 @@ def test_a_bundled_run_reads_back_with_the_files_numbers(assets):
     stored = np.load(path / "maps" / "grad_cam.npy")[: epochs * n]
     np.testing.assert_array_equal(view.maps["grad_cam"], stored.reshape(epochs, n, 32, 32))
     # Per epoch: the metrics Keras logged and the mean attention shares of the table.
-    loss = np.array(table.column("metric__loss").to_pylist()).reshape(epochs, n)
-    np.testing.assert_allclose(view.metrics["loss"], loss[:, 0])
+    loss = np.array(table.column("metric__loss").to_pylist(), float).reshape(epochs, n)
+    np.testing.assert_allclose(view.metrics["loss"], loss[:, 0])  # NaN before training
     assert set(view.metrics) >= {"loss", "accuracy", "val_loss", "val_accuracy"}
     shares = view.attention("grad_cam")
     for kind, column in (("object", "energy_in_mask"), ("marker", "energy_in_marker")):
@@ -174,9 +174,11 @@ def test_only_the_bundled_runs_and_folders_inside_the_data_root_are_offered(
     ]
     # Any other run folder under assets/runs/ is listed after the known ones, under its name.
     _other_run(assets / "runs" / "another")
+    _copy_run("fixed", assets / "runs")
     (assets / "runs" / "not_a_run").mkdir()
     assert [(c.key, c.title) for c in runs.bundled_runs(assets)] == [
         ("bundled:shortcut", runs.BUNDLED_RUNS["shortcut"][0]),
+        ("bundled:fixed", runs.BUNDLED_RUNS["fixed"][0]),
         ("bundled:another", "another"),
     ]
     root = tmp_path / "data"
@@ -297,13 +299,14 @@ def test_the_page_shows_a_run_moves_compares_and_plays(training_app, assets, tmp
     assert [t.value for t in at.title] == ["Training"]
     slider = at.select_slider(key="training_epoch")
     assert slider.value == int(view.epochs[-1])
-    assert slider.options == [str(int(e) + 1) for e in view.epochs]
+    assert slider.options == [runs.epoch_label(e) for e in view.epochs]
+    assert slider.options[:2] == ["0 (before training)", "1"]
     shown = captions(at)
     # Each fixed image at the last epoch, then the first image's film strip.
     assert shown[: view.n_images] == [
         runs.caption(view, "grad_cam", last, i) for i in range(view.n_images)
     ]
-    assert shown[view.n_images :][0].startswith("epoch 1")
+    assert shown[view.n_images :][0].startswith("epoch 0 ")  # before training
     assert len(at.get("plotly_chart")) == 3  # loss, accuracy, attention
 
     slider.set_value(int(view.epochs[0])).run()
@@ -332,7 +335,7 @@ def test_the_page_shows_a_run_moves_compares_and_plays(training_app, assets, tmp
         other.attention("grad_cam")["marker"], OTHER_MARKER * view.attention("grad_cam")["marker"]
     )
     options = runs.epoch_options([view, other])
-    assert at.select_slider(key="training_epoch").options == [str(e + 1) for e in options]
+    assert at.select_slider(key="training_epoch").options == [runs.epoch_label(e) for e in options]
     assert len(at.get("plotly_chart")) == 4  # and the other run's penalty and λ
 
     # Play: from the current epoch, one logged epoch per step, then it stops at the last.
@@ -398,20 +401,22 @@ def test_the_page_explains_a_folder_it_cannot_show(training_app, assets, tmp_pat
     assert len(captions(at)) > 8
 
 
-def test_the_demo_models_are_listed_honest_first_then_shortcut_then_others(tmp_path, monkeypatch):
+def test_the_demo_models_are_listed_honest_shortcut_fixed_then_others(tmp_path, monkeypatch):
     from dashboard import service
 
     (tmp_path / "models").mkdir()
-    for name in ("demo_shortcut.keras", "another.keras", "demo_shapes.keras", "mine.keras"):
+    names = ("demo_fixed.keras", "demo_shortcut.keras", "another.keras", "demo_shapes.keras")
+    for name in (*names, "mine.keras"):
         (tmp_path / "models" / name).write_bytes(b"")
     monkeypatch.setenv("EXPLAINER_ASSETS_DIR", str(tmp_path))
     listed = [(d.file_name, d.description) for d in service.demo_models()]
     assert listed == [
         ("demo_shapes.keras", "Shapes CNN — honest"),
         ("demo_shortcut.keras", "Shapes CNN — shortcut (cheats)"),
+        ("demo_fixed.keras", "Shapes CNN — fixed (right for the right reasons)"),
         ("another.keras", "another"),
         ("mine.keras", "mine"),
     ]
-    # Only the shipped demo models are described (no fixed model is shipped).
-    shipped = ["demo_shapes.keras", "demo_shortcut.keras"]
+    # Only the shipped demo models are described.
+    shipped = ["demo_shapes.keras", "demo_shortcut.keras", "demo_fixed.keras"]
     assert list(service.DEMO_DESCRIPTIONS) == list(service.DEMO_NOTES) == shipped

@@ -303,9 +303,9 @@ def epoch_panel(
         "Epoch",
         options,
         key=key("epoch"),
-        format_func=lambda e: f"{int(e) + 1}",
+        format_func=runs.epoch_label,
         help="The logged epochs (1-based, as Keras prints them: 1 = after the first pass over "
-        "the training data).",
+        "the training data; 0 = before training, when the run logged it).",
     )
     epoch = int(epoch)
     overlays(shown, method, look, epoch)
@@ -350,9 +350,13 @@ def _overlay_row(
     if method not in view.maps:
         st.caption(f"**{title}** logged no {method} maps.")
         return
-    note = "" if logged == epoch else f" (its last logged epoch at {epoch + 1}: {logged + 1})"
+    note = (
+        ""
+        if logged == epoch
+        else f" (its last logged epoch at {runs.epoch_label(epoch)}: {runs.epoch_label(logged)})"
+    )
     if labelled:
-        st.markdown(f"**{title}** · epoch {logged + 1}{note}")
+        st.markdown(f"**{title}** · epoch {runs.epoch_label(logged)}{note}")
     elif note:
         st.caption(note.strip(" ()"))
     cells = st.columns(max(len(indices), min(ROW, view.n_images)))
