@@ -517,6 +517,11 @@ def test_concurrent_browser_sessions_keep_their_own_inputs(server, tmp_path):
         for page, (path, *_rest) in zip(pages, users, strict=True):
             sidebar = page.locator('[data-testid="stSidebar"]')
             expect(sidebar.get_by_text(f"Loaded {path.name}")).to_be_visible()
+        # Each page's run after its upload (explaining the default sample with the new model)
+        # finishes first: on a loaded CI machine the four runs share two cores, and a clean
+        # clone's run once spent more than two minutes there before the picker took a click.
+        for page in pages:
+            _wait_idle(page, 3 * COMPUTE_S)
         # Then every session picks its sample, again all at once.
         for page, (_, name, *_rest) in zip(pages, users, strict=True):
             page.locator(".st-key-sidebar_sample [role='combobox']").click()
