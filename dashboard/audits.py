@@ -941,66 +941,31 @@ def hover_picture(image: np.ndarray, values: np.ndarray, side: int = 64, quality
 
 
 class RunImages:
-    """Reads a run's images again: a demo dataset is regenerated (and checked against the run's
-    fingerprint), a file is read only when it lies inside the readable folders."""
+    """Reads a run's images again (:class:`explainers.audit.RunImages`: a demo dataset is
+    regenerated and checked against the run's fingerprint), a file only when it lies inside the
+    readable folders."""
 
     def __init__(self, run: Any, roots: Sequence[Path]) -> None:
+        from explainers.audit.datasets import RunImages as Source
+
         self.roots = tuple(roots)
-        data = columns(run, ["id", "path", "height", "width"])
-        self.ids, self.paths = data["id"], data["path"]
-        self.sizes = list(zip(data["height"], data["width"], strict=True))
-        dataset = run.manifest.get("dataset", {})
-        self.kind = dataset.get("kind")
-        self.demo: Any = None
-        self.problem: str | None = None
-        if self.kind == "demo":
-            generator = dataset.get("generator") or {}
-            try:
-                demo = open_spec(
-                    {
-                        "kind": "demo",
-                        "name": generator["name"],
-                        "n": generator["n"],
-                        "seed": generator["seed"],
-                    }
-                )
-            except Exception as err:
-                self.problem = f"the demo dataset cannot be regenerated ({err})"
-            else:
-                if demo.fingerprint() != dataset.get("fingerprint"):
-                    self.problem = "the regenerated demo dataset differs from the run's"
-                else:
-                    self.demo = demo
+        self.ids = run.table.column("id").to_pylist()
+        self.source = Source(run)
 
     def read(self, index: int) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None]:
         """(image uint8 (H, W, 3), object mask or None, marker mask or None); raises
         :class:`AuditInputError` saying why the image cannot be shown."""
         from explainers.errors import ExplainerError
-        from explainers.io.images import load_image
 
-        if self.kind == "demo":
-            if self.demo is None:
-                raise AuditInputError(f"The image cannot be shown: {self.problem}.")
-            image, mask, marker = self.demo.read_item(int(index))
-            return image, mask, marker
-        path = self.paths[index]
-        if not path:
-            raise AuditInputError("The run records no file for this image.")
-        if not is_inside(path, self.roots):
+        path = self.source.paths[index]
+        if self.source.kind != "demo" and path and not is_inside(path, self.roots):
             raise AuditInputError(
                 "This image lies outside the folders this page may read; it is not shown."
             )
         try:
-            image = load_image(path)
+            return self.source.read(index)
         except ExplainerError as err:
-            raise AuditInputError(f"The image cannot be read any more: {err}.") from None
-        height, width = self.sizes[index]
-        if height is not None and image.shape[:2] != (height, width):
-            raise AuditInputError(
-                f"The file is now {image.shape[1]}×{image.shape[0]} px, not the {width}×{height} "
-                "px of the run: it changed since."
-            )
-        return image, None, None
+            raise AuditInputError(f"The image cannot be shown: {err}.") from None
 
     def name(self, index: int) -> str:
         """The image's name as the other pages show it (a file's base name)."""

@@ -342,8 +342,6 @@ def _float_column(table: Any, name: str) -> np.ndarray:
 
 def _read(path: Path, stamp: tuple[int, ...]) -> TrainingView:
     import pyarrow as pa
-    import pyarrow.compute as pc
-    import pyarrow.parquet as pq
 
     from explainers.audit import store
     from explainers.errors import ExplainerError
@@ -399,11 +397,8 @@ def _read(path: Path, stamp: tuple[int, ...]) -> TrainingView:
             "names: the folder is damaged. Pick another run."
         )
     rows = slots * n
-    parts = sorted((path / "table").glob("part-*.parquet"))
     try:
-        tables = [pq.read_table(p) for p in parts]
-        table = pa.concat_tables(tables, promote_options="default")
-        table = table.filter(pc.less(table.column("index"), rows)).sort_by("index")
+        table = store.read_every_column(path, rows)
     except (OSError, ValueError, pa.ArrowException) as err:
         raise TrainingRunError(
             f"The table of the run in {shown!r} cannot be read ({err}); the folder is damaged."

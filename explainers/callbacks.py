@@ -75,6 +75,7 @@ from explainers.audit.store import (
     method_column,
     open_run,
     part_name,
+    read_every_column,
     table_schema,
     write_json_atomic,
 )
@@ -632,21 +633,12 @@ class TrainingRun:
     Keras epochs, in order)."""
 
     def __init__(self, path: str | os.PathLike) -> None:
-        import pyarrow as pa
-        import pyarrow.parquet as pq
-
         self.path = Path(path)
         self.audit = open_run(self.path)
         if self.audit.manifest.get("kind") != "training":
             raise ParameterError(f"{str(self.path)!r} holds a dataset audit, not a training run")
-        parts = sorted((self.path / "table").glob("part-*.parquet"))
-        tables = [pq.read_table(p) for p in parts]
-        table = pa.concat_tables(tables, promote_options="default") if tables else None
-        if table is not None:
-            import pyarrow.compute as pc
-
-            table = table.filter(pc.less(table.column("index"), self.audit.done)).sort_by("index")
-        self.table = table
+        has_parts = any((self.path / "table").glob("part-*.parquet"))
+        self.table = read_every_column(self.path, self.audit.done) if has_parts else None
         self.images = np.load(self.path / "images.npy")
         self.manifest = self.audit.manifest
         self.epochs: list[int] = list(self.manifest["training"]["epochs_logged"])

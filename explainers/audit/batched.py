@@ -18,8 +18,6 @@ graph: no padding and no retracing.
 
 from __future__ import annotations
 
-import threading
-import weakref
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -30,6 +28,7 @@ import tensorflow as tf
 from explainers.io.models import ModelBundle, layer_object
 from explainers.methods.cam import (
     ChannelWeights,
+    channel_reducer,
     grad_cam_plus_plus_weights,
     grad_cam_weights,
     layer_cam_weights,
@@ -62,27 +61,6 @@ BATCHED_METHODS: dict[str, tuple[ChannelWeights, bool]] = {
     "grad_cam_plus_plus": (grad_cam_plus_plus_weights, True),
     "layer_cam": (layer_cam_weights, True),
 }
-
-_REDUCERS: weakref.WeakKeyDictionary[ModelBundle, dict[str, Any]] = weakref.WeakKeyDictionary()
-_LOCK = threading.Lock()
-
-
-def _reducer(bundle: ModelBundle, method: str) -> Any:
-    """``Σ_k w_k ⊙ A_k`` in float64 with per-row targets, one object per (bundle, method) so that
-    the runner's compiled pass for it is traced once."""
-    weights, _ = BATCHED_METHODS[method]
-    with _LOCK:
-        per_bundle = _REDUCERS.setdefault(bundle, {})
-        reduce = per_bundle.get(method)
-        if reduce is None:
-
-            def reduce(acts: tf.Tensor, grads: tf.Tensor | None, targets: tf.Tensor) -> tf.Tensor:
-                a = tf.cast(acts, tf.float64)
-                g = None if grads is None else tf.cast(grads, tf.float64)
-                return tf.reduce_sum(weights(bundle, a, g, targets) * a, axis=-1)
-
-            per_bundle[method] = reduce
-        return reduce
 
 
 def batched_method(bundle: ModelBundle, name: str, engine: str) -> bool:
@@ -122,7 +100,7 @@ def explain_batch(
     _, probs, chosen, maps, _ = bundle.runner.per_row_layer_maps(
         x,
         layer,
-        _reducer(bundle, method),
+        channel_reducer(bundle, BATCHED_METHODS[method][0]),
         needs_gradients=needs_gradients,
         targets=None if targets is None else np.asarray(targets, np.int32),
         batch_size=len(x),

@@ -35,7 +35,7 @@ from typing import Any, overload
 
 import numpy as np
 
-from explainers.errors import ImageError, ParameterError
+from explainers.errors import ExplainerError, ImageError, ParameterError
 from explainers.io.demo_data import CLASS_NAMES, generate_sample
 from explainers.io.images import load_image
 
@@ -46,6 +46,7 @@ __all__ = [
     "AuditItem",
     "DemoDataset",
     "FileDataset",
+    "RunImages",
     "demo_dataset",
     "image_folder",
     "manifest_dataset",
@@ -504,3 +505,69 @@ def open_dataset(source: AuditDataset | str | os.PathLike) -> AuditDataset:
     if not path.exists():
         raise ParameterError(f"no image folder or manifest at {str(path)!r}")
     raise ParameterError(f"{path.name!r} is neither an image folder nor a .csv/.parquet manifest")
+
+
+class RunImages:
+    """A finished run's images read again, from its manifest and table (a run's ``manifest``
+    and ``table`` with ``path``, ``height`` and ``width``: :class:`explainers.audit.AuditRun`):
+    a demo dataset is regenerated and checked against the run's fingerprint; a file is read
+    from its recorded path and checked against its recorded size. :meth:`read` raises
+    :class:`~explainers.errors.ExplainerError` with the reason when an image cannot be had;
+    the reason is lower-case, without a final stop, for the caller to wrap."""
+
+    def __init__(self, run: Any) -> None:
+        self.paths = run.table.column("path").to_pylist()
+        self.sizes = list(
+            zip(
+                run.table.column("height").to_pylist(),
+                run.table.column("width").to_pylist(),
+                strict=True,
+            )
+        )
+        dataset = run.manifest.get("dataset", {})
+        self.kind = dataset.get("kind")
+        self.demo: DemoDataset | None = None
+        self.problem: str | None = None
+        if self.kind == "demo":
+            generator = dataset.get("generator") or {}
+            try:
+                demo = demo_dataset(
+                    str(generator["name"]),
+                    int(generator["n"]),
+                    int(generator["seed"]),
+                    size=int(generator.get("size", 96)),
+                )
+            except (KeyError, TypeError, ValueError, ParameterError) as error:
+                self.problem = f"the demo dataset cannot be regenerated ({error})"
+            else:
+                if demo.fingerprint() != dataset.get("fingerprint"):
+                    self.problem = (
+                        "the regenerated demo dataset differs from the run's (its fingerprint "
+                        "does not match)"
+                    )
+                else:
+                    self.demo = demo
+
+    def read(self, index: int) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None]:
+        """(image uint8 (H, W, 3), object mask or None, marker mask or None)."""
+        if self.kind == "demo":
+            if self.demo is None:
+                raise ExplainerError(str(self.problem))
+            try:
+                return self.demo.read_item(int(index))
+            except Exception as error:  # a generator change
+                raise ExplainerError(f"the image cannot be regenerated ({error})") from None
+        path = self.paths[index]
+        if not path:
+            raise ExplainerError("the run records no file for this image")
+        try:
+            image = load_image(path)
+        except Exception as error:
+            raise ExplainerError(f"the image cannot be read any more: {error}") from None
+        height, width = self.sizes[index]
+        if height is not None and image.shape[:2] != (height, width):
+            raise ExplainerError(
+                f"the file is now {image.shape[1]}×{image.shape[0]} px, not the "
+                f"{width}×{height} px of the run: it changed since"
+            )
+        return image, None, None

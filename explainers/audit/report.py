@@ -37,11 +37,10 @@ from PIL import Image
 
 from explainers import __version__, render
 from explainers.audit.analysis import AuditAnalysis, Flag, analyse_run, normalise_maps
-from explainers.audit.datasets import demo_dataset
+from explainers.audit.datasets import RunImages
 from explainers.audit.store import AuditRun, open_run
 from explainers.core.maps import resize_map
-from explainers.errors import ParameterError
-from explainers.io.images import load_image
+from explainers.errors import ExplainerError, ParameterError
 
 __all__ = [
     "FLAG_MEANINGS",
@@ -228,56 +227,15 @@ class _Images:
     def __init__(self, run: AuditRun, method: str, side: int) -> None:
         self.run, self.method, self.side = run, method, side
         self.maps = run.maps[method]
-        self.paths = _column(run, "path")
-        self.sizes = list(zip(_column(run, "height"), _column(run, "width"), strict=True))
         self.cache: dict[int, tuple[str, str | None]] = {}
-        dataset = run.manifest.get("dataset", {})
-        self.kind = dataset.get("kind")
-        self.demo: Any = None
-        self.problem: str | None = None
-        if self.kind == "demo":
-            generator = dataset.get("generator") or {}
-            try:
-                demo = demo_dataset(
-                    str(generator["name"]),
-                    int(generator["n"]),
-                    int(generator["seed"]),
-                    size=int(generator.get("size", 96)),
-                )
-            except (KeyError, TypeError, ValueError, ParameterError) as error:
-                self.problem = f"the demo dataset cannot be regenerated ({error})"
-            else:
-                if demo.fingerprint() != dataset.get("fingerprint"):
-                    self.problem = (
-                        "the regenerated demo dataset differs from the run's (its fingerprint "
-                        "does not match); the images are not shown"
-                    )
-                else:
-                    self.demo = demo
+        self.images = RunImages(run)
 
     def read(self, index: int) -> tuple[np.ndarray | None, str | None]:
         """(image, None), or (None, why it cannot be shown)."""
-        if self.kind == "demo":
-            if self.demo is None:
-                return None, self.problem
-            try:
-                return self.demo.read_item(index)[0], None
-            except Exception as error:  # a generator change: show the map alone
-                return None, f"the image cannot be regenerated ({error})"
-        path = self.paths[index]
-        if not path:
-            return None, "the run does not record a file for this image"
         try:
-            image = load_image(path)
-        except Exception as error:
-            return None, f"the image cannot be read any more: {error}"
-        height, width = self.sizes[index]
-        if height is not None and (image.shape[0], image.shape[1]) != (height, width):
-            return None, (
-                f"the file is now {image.shape[1]}×{image.shape[0]} px, not the "
-                f"{width}×{height} px of the run: it changed since"
-            )
-        return image, None
+            return self.images.read(index)[0], None
+        except ExplainerError as error:
+            return None, str(error)
 
     def picture(self, index: int) -> tuple[str, str | None]:
         """(data URI, note): the thumbnail with its stored map over it (note None), the map
@@ -294,7 +252,7 @@ class _Images:
             elif image is not None:
                 uri, note = _data_uri(_thumbnail(image, self.side)), "no map: the method failed"
             else:
-                size = self.sizes[index]
+                size = self.images.sizes[index]
                 shape = size if size[0] is not None else None
                 uri, note = _map_picture(values, self.side, shape), f"map only: {note}"
             self.cache[index] = (uri, note)
@@ -773,8 +731,11 @@ def audit_report(
         )
     model_name = Path(str(run.manifest.get("model", {}).get("path") or "model")).name
     generated = datetime.now(UTC).strftime("%Y-%m-%d %H:%M:%S %Z")
+    problem = images.images.problem
     note = (
-        f"<p class='problem'>Images: {html.escape(images.problem)}.</p>" if images.problem else ""
+        f"<p class='problem'>Images: {html.escape(problem)}; the images are not shown.</p>"
+        if problem
+        else ""
     )
     incomplete = (
         ""

@@ -58,6 +58,7 @@ __all__ = [
     "method_column",
     "open_run",
     "part_name",
+    "read_every_column",
     "table_schema",
 ]
 
@@ -477,6 +478,19 @@ class RunWriter:
 # ------------------------------------------------------------------------------------------------
 # Reading
 # ------------------------------------------------------------------------------------------------
+def read_every_column(root: Path, done: int) -> Any:
+    """The rows with index < ``done`` of every table part, sorted by index, each part with the
+    columns it has (a training run's parts add ``metric__*`` columns as Keras logs them;
+    missing ones read as null). Raises what pyarrow raises on a damaged part."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+    import pyarrow.parquet as pq
+
+    tables = [pq.read_table(path) for _, path in _parts(Path(root))]
+    table = pa.concat_tables(tables, promote_options="default")
+    return table.filter(pc.less(table.column("index"), done)).sort_by("index")
+
+
 def read_table(
     root: Path, done: int, methods: Sequence[str], columns: Sequence[str] | None = None
 ) -> Any:

@@ -42,7 +42,7 @@ _REDUCERS: weakref.WeakKeyDictionary[ModelBundle, dict[ChannelWeights, LayerRedu
 _REDUCERS_LOCK = threading.Lock()
 
 
-def _reducer(bundle: ModelBundle, weights: ChannelWeights) -> LayerReducer:
+def channel_reducer(bundle: ModelBundle, weights: ChannelWeights) -> LayerReducer:
     """``Σ_k w_k ⊙ A_k`` as a TensorFlow function, one object per (bundle, variant) so that the
     runner's compiled pass for it is traced once."""
     with _REDUCERS_LOCK:
@@ -70,7 +70,7 @@ def cam_pipeline(
         request.x,
         request.target,
         layer_of(request),
-        _reducer(request.bundle, weights),
+        channel_reducer(request.bundle, weights),
         needs_gradients=needs_gradients,
         batch_size=resolve_batch_size(request.params.get("batch_size"), request.x.shape[1:]),
     )
