@@ -66,6 +66,9 @@ _EXPORTS: dict[str, str] = {
     "model_randomisation_test": "evaluation.sanity",
     "ExplanationCallback": "callbacks",
     "ReasonTrainer": "training",
+    "Region": "targets",
+    "Target": "targets",
+    "explain_each": "targets",
 }
 #: Submodules reachable as attributes (``explainers.render``, ``explainers.io.models`` ...).
 _SUBMODULES = frozenset(
@@ -78,6 +81,7 @@ _SUBMODULES = frozenset(
         "evaluation",
         "explanation",
         "io",
+        "targets",
         "methods",
         "registry",
         "render",

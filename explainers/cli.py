@@ -12,6 +12,8 @@ from typing import Any
 import numpy as np
 
 from explainers.errors import ExplainerError, ParameterError
+from explainers.io.model_files import TASK_CHOICES
+from explainers.targets import SYNTAX
 
 from . import render
 
@@ -89,7 +91,9 @@ def _explain(args: argparse.Namespace) -> int:
     spec = get_method(args.method)
     raw_params = _parse_params(args.param or [])
     params = {name: spec.param(name).coerce(value) for name, value in raw_params.items()}
-    bundle = load_model(args.model, preprocessing=args.preprocessing, labels=args.labels)
+    bundle = load_model(
+        args.model, preprocessing=args.preprocessing, labels=args.labels, task=args.task
+    )
     image = load_image(args.image)
     result = explain(
         bundle,
@@ -121,7 +125,7 @@ def _explain(args: argparse.Namespace) -> int:
         "shape": list(result.attribution.shape),
         "min": float(result.attribution.min()),
         "max": float(result.attribution.max()),
-        "extras": result.extras,
+        "extras": {k: v for k, v in result.extras.items() if k != "region"},
         "out": args.out,
         "npy": args.npy,
     }
@@ -129,7 +133,8 @@ def _explain(args: argparse.Namespace) -> int:
         print(json.dumps(summary, indent=2, default=str))
     else:
         print(
-            f"{result.method}: class {result.target} ({result.label}, p={result.score:.3f}) "
+            f"{result.method}: {result.extras['target']['text'] or result.label} "
+            f"(index {result.target}, {result.extras['magnitude']['score_text']}) "
             f"in {result.seconds:.2f}s → {args.out or ''} {args.npy or ''}".rstrip()
         )
     return 0
@@ -248,7 +253,18 @@ def build_parser() -> argparse.ArgumentParser:
     ex.add_argument("--model", required=True, help=".keras / .h5 model file")
     ex.add_argument("--image", required=True, help="image file")
     ex.add_argument("--method", required=True, help="method name (see `methods`)")
-    ex.add_argument("--target", default=None, help="class index or name (default: top-1)")
+    ex.add_argument(
+        "--target",
+        default=None,
+        help=f"what to explain (default: the top class): {SYNTAX}",
+    )
+    ex.add_argument(
+        "--task",
+        default="auto",
+        choices=TASK_CHOICES,
+        help="what the model's output does (default: recognised; 'regression' for a linear "
+        "output saved without its loss)",
+    )
     ex.add_argument("--layer", default=None, help="layer for CAM methods (default: automatic)")
     ex.add_argument("--engine", default="native", choices=("native", "tf_explain"))
     ex.add_argument("--param", action="append", metavar="NAME=VALUE", help="method parameter")

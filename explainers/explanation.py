@@ -14,6 +14,7 @@ from explainers.errors import ExplainerError, ParameterError
 from explainers.io.images import check_image_array
 from explainers.io.models import ModelBundle
 from explainers.registry import get_method
+from explainers.targets import Target, bind
 from explainers.tf_explain_engine import compute_with_tf_explain
 
 
@@ -109,7 +110,14 @@ NEAR_CHANCE = 1.1
 def _class_score_name(bundle: ModelBundle, scores: np.ndarray) -> str:
     """What the runner's class scores are: logits (recovered before a softmax/sigmoid, or the
     model's own output), log-odds of a single probability unit (a logit too), or the
-    log-probabilities of a model that outputs probabilities it computed itself."""
+    log-probabilities of a model that outputs probabilities it computed itself. A regression
+    output's score is its value; a segmentation region's, the sum (or mean) of the class's
+    per-pixel logits over the region."""
+    if bundle.task == "regression":
+        return "value"
+    if bundle.view is not None and bundle.view.kind.startswith("region"):
+        pixel = "logit" if bundle.output_kind != "probabilities" else "log-probability"
+        return f"region {'sum' if bundle.view.kind == 'region_sum' else 'mean'} of {pixel}s"
     if bundle.output_kind != "probabilities":
         return "logit"
     if len(scores) == 2 and abs(float(scores[0] + scores[1])) <= 1e-6 * max(
@@ -135,6 +143,10 @@ def explained_score(
     if engine == "tf_explain" and spec.tf_explain is not None:
         return spec.tf_explain.explained_score(bundle, probs, target, runner_score)
     if spec.explained_score_kind(params) == "probability":
+        if bundle.task == "regression":
+            return "value", float(probs[target])
+        if bundle.view is not None and bundle.view.kind.startswith("region"):
+            return "region mean probability", float(probs[target])
         return "probability", float(probs[target])
     return runner_score
 
@@ -237,7 +249,16 @@ def check_map(
     p = float(probs[target])
     top = int(np.argmax(probs))
     p_top, n = float(probs[top]), len(probs)
-    if p_top <= NEAR_CHANCE / n:
+    if bundle.task == "regression":
+        pass  # no probabilities: nothing to say about the model's confidence
+    elif bundle.task == "multilabel":
+        if p < LOW_PROBABILITY:
+            warnings.append(
+                f"This explains the label '{label}', which the model gives p = {p:.2g}: it says "
+                f"the label is absent, so positive values are evidence for a label it does not "
+                "see. Explain a label it predicts to see what drove its decision."
+            )
+    elif p_top <= NEAR_CHANCE / n:
         warnings.append(
             f"The model's top class, '{bundle.class_names[top]}', has p = {p_top:.4g}, at or "
             f"barely above chance (1/{n} = {1 / n:.4g}): the model looks untrained, or finds "
@@ -453,7 +474,7 @@ def explain(
     image: np.ndarray,
     method: str,
     *,
-    target: int | str | None = None,
+    target: Target | int | str | None = None,
     layer: str | None = None,
     engine: str = "native",
     progress: ProgressCallback | None = None,
@@ -471,7 +492,11 @@ def explain(
     method
         A registry name (see :func:`explainers.available_methods`).
     target
-        Class index or name; None explains the top-1 class.
+        What to explain (:class:`explainers.targets.Target`, or its text form such as
+        ``"label:square"`` or ``"region:circle:at=40,52"``); a class index or name; None: the
+        top-1 class (multi-label: the top label; regression: output 0; segmentation: the
+        predicted pixels of the non-background class covering most of the image). On a bundle
+        that is already a targeted view, an index into it.
     layer
         For CAM-family methods: the layer path (default: the automatic choice).
     engine
@@ -504,6 +529,17 @@ def explain(
     if spec.uses_layer and layer is None:
         layer = bundle.default_layer
     image = check_image_array(image)
+    described: dict[str, Any] | None = None
+    region: np.ndarray | None = None
+    if bundle.view is None:
+        bound = bind(bundle, image, target)
+        bundle, target, region = bound.bundle, bound.index, bound.region
+        described = bound.describe()
+    if engine == "tf_explain" and (bundle.task != "classification" or bundle.view is not None):
+        raise ParameterError(
+            f"the tf-explain engine explains one class of a classifier; this is a {bundle.task} "
+            "target. Use the native engine (the default)."
+        )
     resized = bundle.resize(image)
     x = bundle.preprocess(resized)[None].astype(np.float32)
     x.flags.writeable = False  # one digest for the prediction memo per explanation
@@ -534,6 +570,13 @@ def explain(
     if not np.all(np.isfinite(raw)):
         raise ExplainerError(f"{spec.label} produced non-finite values for this model and image")
     extras = dict(extras)
+    extras["target"] = described or {
+        "task": bundle.task,
+        "label": bundle.class_names[target_index],
+        "text": bundle.view.text if bundle.view is not None else "",
+    }
+    if region is not None:
+        extras["region"] = region
     diagnostics = extras.pop("_diagnostics", None) or {}
     extras.update(
         check_map(

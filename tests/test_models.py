@@ -191,14 +191,16 @@ def test_models_the_methods_cannot_use(tmp_path):
     with pytest.raises(explainers.UnsupportedModelError, match="does not look like an image"):
         explainers.load_model(tmp_path / "tabular.keras")
     inp = keras.Input((16, 16, 3))
+    # A per-pixel output is a segmentation map now (tests/test_targets.py); a per-token or
+    # per-box output (rank 3) is still refused, with what is supported.
     segmentation = keras.Model(inp, keras.layers.Conv2D(2, 1)(inp))
-    with pytest.raises(explainers.UnsupportedModelError, match="class scores"):
-        explainers.bundle_from_model(segmentation)
-    image_to_image = keras.Model(inp, keras.layers.Conv2D(3, 3, padding="same")(inp))
+    assert explainers.bundle_from_model(segmentation).task == "segmentation"
+    per_row = keras.Model(inp, keras.layers.Reshape((16, 48))(inp))
     with pytest.raises(
-        explainers.UnsupportedModelError, match=r"output has shape \(16, 16, 3\); expected a vector"
+        explainers.UnsupportedModelError,
+        match=r"output has shape \(16, 48\) .*Supported: a class-score vector",
     ):
-        explainers.bundle_from_model(image_to_image)
+        explainers.bundle_from_model(per_row)
     scalar_per_image = keras.Model(
         inp, keras.layers.Reshape(())(keras.layers.Dense(1)(keras.layers.Flatten()(inp)))
     )

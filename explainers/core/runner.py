@@ -21,6 +21,7 @@ from TensorFlow 2.21's oneDNN crash in the eager filter gradient of 1×1 stride-
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import threading
 import weakref
@@ -85,6 +86,8 @@ def batch_size_param() -> ParamSpec:
 
 
 _RELU_NAMES = ("relu", "relu6")
+#: The output views a runner can read its scores through (:meth:`ModelRunner.bound`).
+VIEW_KINDS = ("classes", "lower", "region_sum", "region_mean")
 
 
 @tf.custom_gradient
@@ -137,22 +140,68 @@ class ModelRunner:
         self._output_index = bundle.output_index
         self._output_kind = bundle.output_kind
         self._output_layer = bundle.output_layer
+        self._task = bundle.task
+        #: What the scores are read from (see :meth:`bound`): the output itself ("classes"), a
+        #: regression output's negation ("lower"), or a segmentation region's sum or mean
+        #: ("region_sum", "region_mean", whose mask is ``_view_tensors[0]``).
+        self._view_kind = "classes"
+        self._view_tensors: tuple[tf.Tensor, ...] = ()
         self._lock = threading.Lock()
         self._functions: dict[tuple[Any, ...], Callable[..., Any]] = {}
         self._concrete: dict[tuple[Any, ...], Any] = {}
         self._predictions: OrderedDict[bytes, tuple[np.ndarray, np.ndarray]] = OrderedDict()
         self._keys: OrderedDict[int, tuple[weakref.ref[np.ndarray], bytes]] = OrderedDict()
 
+    def bound(self, kind: str, tensors: tuple[np.ndarray, ...] = ()) -> ModelRunner:
+        """This runner reading its scores through an output *view* (a target's, see
+        :mod:`explainers.targets`): ``"classes"`` (the output's own class scores), ``"lower"``
+        (a regression output negated: what lowers the value), ``"region_sum"`` /
+        ``"region_mean"`` (a segmentation output's per-pixel class scores summed or averaged over
+        the mask ``tensors[0]`` (h_out, w_out); probabilities are always averaged).
+
+        The view's runner shares this runner's compiled functions: a view's kind is part of each
+        function's key, its tensors are arguments, so a new region reuses the traced graphs. It
+        has its own prediction memo (a prediction depends on the view).
+        """
+        if kind not in VIEW_KINDS:
+            raise ValueError(f"unknown output view {kind!r}; known: {', '.join(VIEW_KINDS)}")
+        view = copy.copy(self)
+        view._view_kind = kind
+        view._view_tensors = tuple(tf.constant(np.asarray(t, np.float32)) for t in tensors)
+        view._predictions = OrderedDict()
+        view._keys = OrderedDict()
+        return view
+
+    @property
+    def view_tensors(self) -> tuple[tf.Tensor, ...]:
+        """The view's tensors, for code that calls :meth:`scores_of` in its own compiled
+        function (the attacks)."""
+        return self._view_tensors
+
+    def _split_view(self, shared: tuple[tf.Tensor, ...]) -> tuple[tuple[tf.Tensor, ...], ...]:
+        """(the view's tensors, the function's own shared tensors) from a compiled function's
+        ``shared`` argument, to which :meth:`_call` prepends the view's tensors."""
+        n = len(self._view_tensors)
+        return tuple(shared[:n]), tuple(shared[n:])
+
     # ------------------------------------------------------------------------------------------
     # The traced computation
     # ------------------------------------------------------------------------------------------
     def scores_of(
-        self, x: tf.Tensor, *, capture: str | None = None, guided: bool = False
+        self,
+        x: tf.Tensor,
+        *,
+        capture: str | None = None,
+        guided: bool = False,
+        view: tuple[tf.Tensor, ...] = (),
     ) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor | None]:
         """(class_scores, probabilities, captured activation) for a batch of model inputs.
 
         ``class_scores`` are what gradient methods explain: pre-softmax/pre-sigmoid logits where
-        the model's last layer lets us recover them exactly, otherwise log-probabilities.
+        the model's last layer lets us recover them exactly, otherwise log-probabilities; a
+        regression output's values. Through a view (:meth:`bound`, whose tensors are ``view``)
+        they are the view's scores: a region's summed (or mean) per-pixel class scores and mean
+        class probabilities, or a regression value's negation.
         """
         captured: dict[str, tf.Tensor] = {}
         stripped = self._output_kind in ("softmax", "sigmoid")
@@ -177,12 +226,14 @@ class ModelRunner:
             outputs = self._model(x, training=False)
         if isinstance(outputs, list | tuple):
             outputs = outputs[self._output_index]
-        scores, probs = _class_scores(tf.cast(outputs, tf.float32), self._output_kind)
+        scores, probs = _class_scores(tf.cast(outputs, tf.float32), self._output_kind, self._task)
+        scores, probs = _apply_view(self._view_kind, view, scores, probs)
         return scores, probs, captured.get("activation")
 
     def _compiled(
         self, key: tuple[Any, ...], build: Callable[[], Callable[..., Any]]
     ) -> Callable[..., Any]:
+        key = (self._view_kind, *key)
         with self._lock:
             function = self._functions.get(key)
             if function is None:
@@ -204,7 +255,9 @@ class ModelRunner:
         concrete function also skips ``tf.function``'s per-call argument matching (about half of
         its dispatch overhead, which matters for small models).
         """
+        shared = (*self._view_tensors, *shared)
         signature = (
+            self._view_kind,
             key,
             tuple((tuple(t.shape[1:]), t.dtype) for t in batched),
             tuple((tuple(t.shape), t.dtype) for t in shared),
@@ -228,8 +281,11 @@ class ModelRunner:
     def _forward_fn(self) -> Callable[..., Any]:
         def build() -> Callable[..., Any]:
             @tf.function(reduce_retracing=True)
-            def forward(batched: tuple[tf.Tensor], shared: tuple[()]) -> tuple[tf.Tensor, ...]:
-                scores, probs, _ = self.scores_of(batched[0])
+            def forward(
+                batched: tuple[tf.Tensor], shared: tuple[tf.Tensor, ...]
+            ) -> tuple[tf.Tensor, ...]:
+                view, _ = self._split_view(shared)
+                scores, probs, _ = self.scores_of(batched[0], view=view)
                 return scores, probs
 
             return forward
@@ -242,10 +298,11 @@ class ModelRunner:
             def input_gradients(
                 batched: tuple[tf.Tensor], shared: tuple[tf.Tensor]
             ) -> tuple[tf.Tensor, ...]:
-                x, (target,) = batched[0], shared
+                view, (target,) = self._split_view(shared)
+                x = batched[0]
                 with tf.GradientTape(watch_accessed_variables=False) as tape:
                     tape.watch(x)
-                    scores, probs, _ = self.scores_of(x, guided=guided)
+                    scores, probs, _ = self.scores_of(x, guided=guided, view=view)
                     score = scores[:, target]
                 return scores, probs, tape.gradient(score, x)
 
@@ -259,10 +316,11 @@ class ModelRunner:
             def layer_gradients(
                 batched: tuple[tf.Tensor], shared: tuple[tf.Tensor]
             ) -> tuple[tf.Tensor, ...]:
-                x, (target,) = batched[0], shared
+                view, (target,) = self._split_view(shared)
+                x = batched[0]
                 with tf.GradientTape(watch_accessed_variables=False) as tape:
                     tape.watch(x)  # keeps the activation on the tape; never differentiated
-                    scores, probs, activation = self.scores_of(x, capture=layer)
+                    scores, probs, activation = self.scores_of(x, capture=layer, view=view)
                     score = scores[:, target]
                 return scores, probs, activation, tape.gradient(score, activation)
 
@@ -273,8 +331,11 @@ class ModelRunner:
     def _activation_fn(self, layer: str) -> Callable[..., Any]:
         def build() -> Callable[..., Any]:
             @tf.function(reduce_retracing=True)
-            def activations(batched: tuple[tf.Tensor], shared: tuple[()]) -> tuple[tf.Tensor, ...]:
-                scores, probs, activation = self.scores_of(batched[0], capture=layer)
+            def activations(
+                batched: tuple[tf.Tensor], shared: tuple[tf.Tensor, ...]
+            ) -> tuple[tf.Tensor, ...]:
+                view, _ = self._split_view(shared)
+                scores, probs, activation = self.scores_of(batched[0], capture=layer, view=view)
                 return scores, probs, activation
 
             return activations
@@ -289,10 +350,11 @@ class ModelRunner:
             def layer_maps(
                 batched: tuple[tf.Tensor], shared: tuple[tf.Tensor]
             ) -> tuple[tf.Tensor, ...]:
-                x, (target,) = batched[0], shared
+                view, (target,) = self._split_view(shared)
+                x = batched[0]
                 with tf.GradientTape(watch_accessed_variables=False) as tape:
                     tape.watch(x)  # keeps the activation on the tape; never differentiated
-                    scores, probs, activation = self.scores_of(x, capture=layer)
+                    scores, probs, activation = self.scores_of(x, capture=layer, view=view)
                     score = scores[:, target]
                 grads = tape.gradient(score, activation) if needs_gradients else None
                 return scores, probs, reduce(activation, grads, target), tf.shape(activation)
@@ -307,12 +369,13 @@ class ModelRunner:
         def build() -> Callable[..., Any]:
             @tf.function(reduce_retracing=True)
             def per_row_layer_maps(
-                batched: tuple[tf.Tensor, ...], shared: tuple[()]
+                batched: tuple[tf.Tensor, ...], shared: tuple[tf.Tensor, ...]
             ) -> tuple[tf.Tensor, ...]:
+                view, _ = self._split_view(shared)
                 x = batched[0]
                 with tf.GradientTape(watch_accessed_variables=False) as tape:
                     tape.watch(x)  # keeps the activation on the tape; never differentiated
-                    scores, probs, activation = self.scores_of(x, capture=layer)
+                    scores, probs, activation = self.scores_of(x, capture=layer, view=view)
                     if given:
                         targets = tf.cast(batched[1], tf.int32)
                     else:
@@ -334,7 +397,8 @@ class ModelRunner:
             def built_forward(
                 batched: tuple[tf.Tensor, ...], shared: tuple[tf.Tensor, ...]
             ) -> tuple[tf.Tensor, ...]:
-                scores, probs, _ = self.scores_of(builder(*batched, *shared))
+                view, shared = self._split_view(shared)
+                scores, probs, _ = self.scores_of(builder(*batched, *shared), view=view)
                 return scores, probs
 
             return built_forward
@@ -350,11 +414,11 @@ class ModelRunner:
                 batched: tuple[tf.Tensor, ...], shared: tuple[tf.Tensor, ...]
             ) -> tuple[tf.Tensor, tf.Tensor]:
                 weights, *items = batched
-                target, *rest = shared
+                view, (target, *rest) = self._split_view(shared)
                 inputs = builder(*items, *rest)
                 with tf.GradientTape(watch_accessed_variables=False) as tape:
                     tape.watch(inputs)
-                    scores, _, _ = self.scores_of(inputs, guided=guided)
+                    scores, _, _ = self.scores_of(inputs, guided=guided, view=view)
                     score = scores[:, target]
                 # Items are independent (inference mode), so the gradient of the summed score
                 # holds each item's own gradient.
@@ -686,21 +750,59 @@ def _progress_chunks(
 
 
 def _pre_activation(layer: Any, layer_input: tf.Tensor) -> tf.Tensor:
-    """The output layer's value before its softmax/sigmoid (Dense or a bare activation layer)."""
-    if type(layer).__name__ == "Dense":
+    """The output layer's value before its softmax/sigmoid: a Dense or convolution layer's
+    affine part, or a bare activation layer's input."""
+    class_name = type(layer).__name__
+    if class_name == "Dense":
         z = tf.matmul(tf.cast(layer_input, tf.float32), tf.cast(layer.kernel, tf.float32))
+        if layer.use_bias:
+            z = z + tf.cast(layer.bias, tf.float32)
+        return z
+    if class_name in CONV_OUTPUT_LAYERS:
+        z = layer.convolution_op(tf.cast(layer_input, tf.float32), layer.kernel)
         if layer.use_bias:
             z = z + tf.cast(layer.bias, tf.float32)
         return z
     return layer_input  # Activation / Softmax layer: its input is the logit
 
 
-def _class_scores(outputs: tf.Tensor, kind: str) -> tuple[tf.Tensor, tf.Tensor]:
-    """(class scores to explain, class probabilities), both (N, n_classes).
+#: Convolutions whose softmax/sigmoid activation :func:`_pre_activation` can strip (a
+#: segmentation model's per-pixel classifier).
+CONV_OUTPUT_LAYERS = ("Conv2D",)
+
+
+def _apply_view(
+    kind: str, view: tuple[tf.Tensor, ...], scores: tf.Tensor, probs: tf.Tensor
+) -> tuple[tf.Tensor, tf.Tensor]:
+    """The view's (scores, probabilities), (B, K), from the output's own (see
+    :meth:`ModelRunner.bound`). A region reads per-pixel (B, h, w, K) scores through its mask:
+    Seg-Grad-CAM's score (Vinogradova et al. 2020) is the sum of the class's logits over the
+    region; the probability is always the region's mean class probability."""
+    if kind == "classes":
+        return scores, probs
+    if kind == "lower":
+        return -scores, -probs
+    mask = view[0][None, :, :, None]
+    total = tf.reduce_sum(view[0])
+    summed = tf.reduce_sum(scores * mask, axis=(1, 2))
+    mean_probs = tf.reduce_sum(probs * mask, axis=(1, 2)) / total
+    if kind == "region_mean":
+        return summed / total, mean_probs
+    return summed, mean_probs
+
+
+def _class_scores(
+    outputs: tf.Tensor, kind: str, task: str = "classification"
+) -> tuple[tf.Tensor, tf.Tensor]:
+    """(class scores to explain, class probabilities), both (N, n_classes) — (N, h, w,
+    n_classes) per pixel for a segmentation output.
 
     A single-unit output is a binary classifier: its logit z scores class 1 and −z class 0, so that
-    sigmoid of each class score is that class's probability.
+    sigmoid of each class score is that class's probability. A regression output has no
+    probabilities: both are its values.
     """
+    if task == "regression":
+        return outputs, outputs
     if outputs.shape[-1] == 1:
         if kind == "probabilities":
             p = tf.clip_by_value(outputs, 1e-7, 1 - 1e-7)

@@ -172,6 +172,7 @@ def loss_gradient_fn(bundle: ModelBundle) -> LossGradient:
 
     runner = bundle.runner
     scores_of = runner.scores_of  # (scores, probs, captured) for a batch of model inputs
+    view = runner.view_tensors  # a targeted bundle's region mask; () otherwise
     matrix, offset = preprocessing_affine(bundle)
     matrix_t = tf.constant(matrix.T)  # (3, C)
     offset_t = tf.constant(offset)  # (C,)
@@ -181,7 +182,7 @@ def loss_gradient_fn(bundle: ModelBundle) -> LossGradient:
         with tf.GradientTape(watch_accessed_variables=False) as tape:
             tape.watch(pixels)
             x = tf.tensordot(pixels, matrix_t, axes=1) + offset_t
-            scores, probs, _ = scores_of(x)
+            scores, probs, _ = scores_of(x, view=view)
             loss = tf.nn.sparse_softmax_cross_entropy_with_logits(labels=labels, logits=scores)
             # Each sample's loss depends only on its own pixels, so the gradient of the sum is the
             # per-sample gradient.
@@ -284,6 +285,7 @@ def attack(
         For an unknown method, a budget outside its range, or an unknown target class.
     """
     from explainers.explanation import resolve_target
+    from explainers.targets import bind
 
     if method not in ATTACK_METHODS:
         raise ParameterError(
@@ -306,6 +308,17 @@ def attack(
     k = min(int(top_k), bundle.n_classes)
 
     image = check_image_array(image)
+    if bundle.root.task == "regression":
+        raise ParameterError(
+            "attacks change a decision (a class, a label, a region's class); a regression output "
+            "has none. Explain what increases or decreases the value instead."
+        )
+    if bundle.view is None and bundle.task == "segmentation":
+        # The region's class decides: the attack pushes the region's summed class logits
+        # (Seg-Grad-CAM's score) and succeeds when the region's mean probability changes class.
+        given = target
+        bound = bind(bundle, image, target)
+        bundle, target = bound.bundle, (bound.index if given is not None else None)
     original = bundle.resize(image).astype(np.float32)  # (h, w, 3) pixels at model size
     _, probs_before = bundle.runner.predict(bundle.model_input(image))
     probs_before = probs_before[0]

@@ -242,6 +242,7 @@ def perturbation_curve(
     Curve
     """
     from explainers.explanation import resolve_target
+    from explainers.targets import bind
 
     if kind not in ("deletion", "insertion"):
         raise ParameterError(f"kind must be 'deletion' or 'insertion', got {kind!r}")
@@ -267,12 +268,12 @@ def perturbation_curve(
     resized = bundle.resize(image)
     x = bundle.preprocess(resized).astype(np.float32)  # (h, w, C)
     height, width = x.shape[:2]
-    runner = bundle.runner
-    if target is None:
-        _, probs = runner.predict(x[None])
-        target_index = int(np.argmax(probs[0]))
+    if bundle.view is None:
+        bound = bind(bundle, image, target)
+        bundle, target_index = bound.bundle, bound.index
     else:
         target_index = resolve_target(bundle, np.zeros(bundle.n_classes), target)
+    runner = bundle.runner
 
     ranking = np.empty(height * width, np.int64)
     order = pixel_order(resize_map(attribution, (height, width)), seed, absolute=absolute)
@@ -420,7 +421,16 @@ def evaluate_maps(
             raise ParameterError(
                 f"the mask has shape {mask.shape} but the image is {image.shape[:2]}"
             )
-    if target is None:
+    if bundle.view is None:
+        from explainers.targets import bind, resize_mask
+
+        bound = bind(bundle, image, target)
+        bundle, target = bound.bundle, bound.index
+        if mask is None and bound.region is not None:
+            # A segmentation region is its own ground truth: the pixels the model called the
+            # class (or the box, or the component) are where the evidence should be.
+            mask = resize_mask(bound.region, image.shape[:2])
+    elif target is None:
         _, probs = bundle.runner.predict(bundle.model_input(image))
         target = int(np.argmax(probs[0]))
     common = {

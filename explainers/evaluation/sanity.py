@@ -405,6 +405,7 @@ def randomised_copy(
         output_index=bundle.output_index,
         name=name or f"{bundle.name} (randomised)",
         source=bundle.source,
+        task=bundle.task,
     )
 
 
@@ -507,6 +508,7 @@ def model_randomisation_test(
         explain this model.
     """
     from explainers.explanation import explain
+    from explainers.targets import fixed_target
 
     method_list = (methods,) if isinstance(methods, str) else tuple(methods)
     if not method_list:
@@ -527,6 +529,11 @@ def model_randomisation_test(
             f"methods ({', '.join(method_list)})"
         )
     image = check_image_array(image)
+    if bundle.view is not None:
+        raise ParameterError(
+            "pass the loaded model's bundle and the target (explainers.targets.Target), not a "
+            "targeted view: the randomised copies are made from the model"
+        )
     blocks = weighted_blocks(bundle)
     total_blocks = len(blocks)
     if max_steps is not None:
@@ -562,7 +569,7 @@ def model_randomisation_test(
                 copy,
                 image,
                 method,
-                target=target_index,
+                target=fixed_target(original),
                 layer=original.layer,
                 **params.get(method, {}),
             )

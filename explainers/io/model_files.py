@@ -40,3 +40,13 @@ KERAS_APPLICATIONS: dict[str, str] = {
     "InceptionV3": "inception_v3",
     "Xception": "xception",
 }
+
+#: What a model's explained output does (:data:`explainers.io.models.Task`), or ``"auto"``.
+TaskChoice = Literal["auto", "classification", "multilabel", "regression", "segmentation"]
+TASK_CHOICES: tuple[str, ...] = (
+    "auto",
+    "classification",
+    "multilabel",
+    "regression",
+    "segmentation",
+)

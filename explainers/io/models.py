@@ -19,8 +19,10 @@ from explainers.io.model_files import (
     KERAS_APPLICATIONS,
     MODEL_SUFFIXES,
     PREPROCESSING_CHOICES,
+    TASK_CHOICES,
     Preprocessing,
     PreprocessingChoice,
+    TaskChoice,
     file_sha256,
 )
 
@@ -33,6 +35,30 @@ if TYPE_CHECKING:
 #: scores we can recover exactly, raw ``logits``, or ``probabilities`` we cannot undo (we then
 #: explain their logarithm).
 OutputKind = Literal["softmax", "sigmoid", "logits", "probabilities"]
+#: What the model does with an image, as :func:`load_model` recognises it from the explained
+#: output: one class of a softmax (or single-sigmoid/logit) vector, independent sigmoid labels,
+#: a linear regression vector, or a per-pixel class map.
+Task = Literal["classification", "multilabel", "regression", "segmentation"]
+#: What :func:`load_model` can explain, for messages about outputs it cannot.
+SUPPORTED_OUTPUTS = (
+    "a class-score vector (batch, classes) from softmax, sigmoid or logits (classification or "
+    "multi-label), a linear vector (batch, outputs) (regression: pass task='regression' unless "
+    "the file was compiled with a regression loss), or a per-pixel class map (batch, height, "
+    "width, classes) (segmentation)"
+)
+#: Loss names (lower case, without separators) that mark a linear output as a regression.
+_REGRESSION_LOSSES = (
+    "mse",
+    "mae",
+    "mape",
+    "msle",
+    "meansquarederror",
+    "meanabsoluteerror",
+    "meanabsolutepercentageerror",
+    "meansquaredlogarithmicerror",
+    "huber",
+    "logcosh",
+)
 
 _CAFFE_MEAN_BGR = np.array([103.939, 116.779, 123.68], np.float32)
 _TORCH_MEAN = np.array([0.485, 0.456, 0.406], np.float32)
@@ -40,6 +66,20 @@ _TORCH_STD = np.array([0.229, 0.224, 0.225], np.float32)
 #: Largest side used for models with a free (None) spatial input size.
 MAX_FREE_INPUT_SIDE = 512
 _DATA = Path(__file__).parent / "data"
+
+
+@dataclass(frozen=True, eq=False)
+class OutputView:
+    """How a targeted bundle reads its scores (see :meth:`ModelRunner.bound`).
+
+    ``kind`` is ``"classes"``, ``"lower"`` (a regression value, negated), ``"region_sum"`` or
+    ``"region_mean"``; ``mask`` the region, float32 (h_out, w_out) on the segmentation output's
+    grid; ``text`` says in words what is explained.
+    """
+
+    kind: str
+    mask: np.ndarray | None = None
+    text: str = ""
 
 
 @dataclass(frozen=True)
@@ -73,7 +113,16 @@ class ModelBundle:
     output_layer: str
     layers: tuple[LayerInfo, ...]
     cam_head: CamHead | None
+    #: What the explained output does (see :data:`Task`) and its shape without the batch axis:
+    #: (units,) for a vector, (height, width, classes) for a segmentation map.
+    task: Task = "classification"
+    output_shape: tuple[int, ...] = ()
+    #: Set on a bundle made by :meth:`targeted`: the output view its runner reads scores through
+    #: (a region of a segmentation map, a regression value's decrease), and the bundle it views.
+    view: OutputView | None = None
+    base: ModelBundle | None = None
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+    _outputs: dict[int, ModelBundle] = field(default_factory=dict, repr=False)
 
     # ----------------------------------------------------------------------------------------
     @property
@@ -113,13 +162,87 @@ class ModelBundle:
         """The automatic layer choice for CAM methods: the last spatial layer before the output."""
         if self.cam_head is not None:
             return self.cam_head.feature_layer
+        if self.task == "segmentation":
+            return _segmentation_features(self.layers, self.output_layer)
         return self.spatial_layers[-1] if self.spatial_layers else None
 
     @cached_property
     def runner(self) -> ModelRunner:
+        if self.base is not None and self.view is not None:
+            tensors = () if self.view.mask is None else (self.view.mask.astype(np.float32),)
+            return self.base.runner.bound(self.view.kind, tensors)
         from explainers.core.runner import ModelRunner
 
         return ModelRunner(self)
+
+    @property
+    def root(self) -> ModelBundle:
+        """The loaded bundle this one views (itself when it is not a view)."""
+        return self.base if self.base is not None else self
+
+    @property
+    def output_names(self) -> tuple[str, ...]:
+        """Names of the explained output's units: classes, labels, regression outputs, or a
+        segmentation map's per-pixel classes."""
+        return self.class_names
+
+    @property
+    def segmentation_grid(self) -> tuple[int, int] | None:
+        """(height, width) of a segmentation output's map; None for other tasks."""
+        if self.task != "segmentation":
+            return None
+        return int(self.output_shape[0]), int(self.output_shape[1])
+
+    def targeted(self, view: OutputView, class_names: tuple[str, ...] | None = None) -> ModelBundle:
+        """A view of this model whose scores (and class probabilities) are the view's: what
+        :func:`explainers.targets.bind` makes for a region or a regression direction. Every
+        method, metric, sanity check and attack then explains the view's score by class index.
+        Its runner shares this bundle's compiled functions."""
+        from dataclasses import replace
+
+        root = self.root
+        return replace(
+            root,
+            view=view,
+            base=root,
+            class_names=class_names or root.class_names,
+            _lock=threading.Lock(),
+            _outputs={},
+        )
+
+    def for_output(self, index: int) -> ModelBundle:
+        """This model explaining output ``index`` of a multi-output model (recognised anew:
+        its task, kind and class count), memoised."""
+        root = self.root
+        if index == root.output_index:
+            return root
+        with root._lock:
+            known = root._outputs.get(index)
+        if known is None:
+            known = bundle_from_model(
+                root.model,
+                preprocessing=root.preprocessing,
+                output_index=index,
+                name=f"{root.name} (output {index})",
+                source=root.source,
+                sha256=root.sha256,
+            )
+            with root._lock:
+                root._outputs[index] = known
+        return known
+
+    def segment(self, image: np.ndarray) -> np.ndarray:
+        """Per-pixel class probabilities, float32 (h_out, w_out, classes), of a segmentation
+        model for one uint8 image of any size (at the model's input size)."""
+        if self.task != "segmentation":
+            raise ParameterError(f"{self.name!r} is a {self.task} model, not a segmentation model")
+        _, probs = self.root.runner.predict(self.model_input(image))
+        if not np.all(np.isfinite(probs)):
+            raise ExplainerError(
+                "the model's output for this image is not a number (NaN or inf); "
+                "check the model and the preprocessing"
+            )
+        return probs[0]
 
     # ----------------------------------------------------------------------------------------
     def model_size_for(self, image_shape: tuple[int, ...]) -> tuple[int, int]:
@@ -151,7 +274,10 @@ class ModelBundle:
         return self.preprocess(self.resize(image))[None]
 
     def predict(self, image: np.ndarray) -> np.ndarray:
-        """Class probabilities, float64 (n_classes,), for one uint8 image of any size."""
+        """Class probabilities, float64 (n_classes,), for one uint8 image of any size: label
+        probabilities for multi-label models, the values for regression, and a segmentation
+        model's per-pixel probabilities (h_out, w_out, classes) (a targeted view: its region's
+        mean class probabilities)."""
         _, probs = self.runner.predict(self.model_input(image))
         if not np.all(np.isfinite(probs)):
             raise ExplainerError(
@@ -291,6 +417,7 @@ def load_model(
     name: str | None = None,
     trust: bool = False,
     max_bytes: int | None = None,
+    task: TaskChoice = "auto",
 ) -> ModelBundle:
     """Load a ``.keras`` or legacy ``.h5``/``.hdf5`` Keras model file into a :class:`ModelBundle`.
 
@@ -319,6 +446,12 @@ def load_model(
         ``EXPLAINER_TRUST_MODEL_FILES`` (see :func:`explainers.io.safety.trust_from_environment`).
     max_bytes
         Largest file size accepted (default :data:`explainers.io.safety.DEFAULT_MAX_BYTES`, 1 GiB).
+    task
+        What the explained output does (:data:`TASK_CHOICES`); ``"auto"`` recognises it: a
+        per-pixel map is segmentation, several sigmoid units multi-label, a linear vector a
+        regression when the file was compiled with a regression loss (MSE, MAE, Huber, …) and
+        class logits otherwise. An output none of these fit (a detection head's boxes, a
+        sequence) is refused with a message that says what is supported.
     """
     from explainers.io.safety import DEFAULT_MAX_BYTES, inspect_model_file
 
@@ -350,6 +483,8 @@ def load_model(
         name=name or path.name,
         source=path.name,
         sha256=file_sha256(path),
+        task=task,
+        declared_loss=_declared_loss(path),
     )
 
 
@@ -425,7 +560,7 @@ def _output_kind(
     info = next(i for i in layers if i.path == output_layer)
     layer = layer_object(model, output_layer)
     activation = _activation_name(layer)
-    strippable = info.class_name in ("Dense", "Activation", "Softmax")
+    strippable = info.class_name in ("Dense", "Conv2D", "Activation", "Softmax")
     if activation in ("softmax", "sigmoid") and strippable:
         return activation  # type: ignore[return-value]
     if activation in ("linear", None) and info.class_name in ("Dense", "Conv2D", "Activation"):
@@ -442,6 +577,22 @@ def layer_object(model: keras.Model, path: str) -> Any:
     for part in path.split("/"):
         layer = layer.get_layer(part)
     return layer
+
+
+def _segmentation_features(layers: tuple[LayerInfo, ...], output_layer: str) -> str | None:
+    """The layer feeding a segmentation model's per-pixel classifier: walk back from the output
+    through activation layers and one convolution (the classifier itself). Seg-Grad-CAM on the
+    classifier's own output would only restate the prediction."""
+    by_path = {info.path: info for info in layers}
+    info = by_path.get(output_layer)
+    while info is not None and info.class_name in ("Activation", "Softmax") and info.inputs:
+        info = by_path.get(info.inputs[0])
+    if info is not None and info.class_name == "Conv2D" and info.inputs:
+        info = by_path.get(info.inputs[0])
+    if info is None or info.path == INPUT_NAME or not info.is_spatial:
+        spatial = [i.path for i in layers if i.is_spatial and not i.is_model]
+        return spatial[-2] if len(spatial) > 1 else (spatial[-1] if spatial else None)
+    return info.path
 
 
 def _find_cam_head(layers: list[LayerInfo], output_layer: str) -> CamHead | None:
@@ -477,8 +628,16 @@ def bundle_from_model(
     name: str | None = None,
     source: str = "<in memory>",
     sha256: str | None = None,
+    task: TaskChoice = "auto",
+    declared_loss: str | None = None,
 ) -> ModelBundle:
-    """Wrap an in-memory Keras model (see :func:`load_model` for the parameters)."""
+    """Wrap an in-memory Keras model (see :func:`load_model` for the parameters).
+
+    ``declared_loss`` is the loss the model was compiled with, where known (a file's compile
+    config; a compiled in-memory model's ``loss`` is read when it is not given).
+    """
+    if task not in TASK_CHOICES:
+        raise ParameterError(f"unknown task {task!r}; choose one of {', '.join(TASK_CHOICES)}")
     if preprocessing not in PREPROCESSING_CHOICES:
         raise ParameterError(
             f"unknown preprocessing {preprocessing!r}; choose one of "
@@ -495,22 +654,24 @@ def bundle_from_model(
         outputs = model(probe, training=False)
     listed = outputs if isinstance(outputs, list | tuple) else [outputs]
     flat_outputs = [np.asarray(o) for o in listed]
-    vector_outputs = [i for i, o in enumerate(flat_outputs) if o.ndim == 2]
+    usable = [i for i, o in enumerate(flat_outputs) if _explainable_shape(o.shape)]
     if output_index is None:
-        if not vector_outputs:
-            shapes = ", ".join(str(o.shape[1:]) for o in flat_outputs)
+        if not usable:
+            shapes = ", ".join(str(tuple(o.shape[1:])) for o in flat_outputs)
             raise UnsupportedModelError(
-                f"the model's output has shape {shapes}; expected a vector of class scores "
-                "(batch, n_classes) — segmentation or detection models are not supported"
+                f"the model's output has shape {shapes} (without the batch axis), which these "
+                f"methods cannot explain (a detection head's boxes, a sequence, …). Supported: "
+                f"{SUPPORTED_OUTPUTS}."
             )
-        output_index = vector_outputs[0]
-    elif not 0 <= output_index < len(flat_outputs) or output_index not in vector_outputs:
+        output_index = usable[0]
+    elif not 0 <= output_index < len(flat_outputs) or output_index not in usable:
         raise ParameterError(
-            f"output_index {output_index} is not a class-score output; class-score outputs: "
-            f"{vector_outputs}"
+            f"output_index {output_index} is not an output these methods can explain; the "
+            f"explainable outputs are {usable} of {len(flat_outputs)}. Supported: "
+            f"{SUPPORTED_OUTPUTS}."
         )
     output_vector = flat_outputs[output_index]
-    n_units = int(output_vector.shape[1])
+    n_units = int(output_vector.shape[-1])
     if layers:
         output_layer = output_paths[output_index]
         by_path = {info.path: info for info in layers}
@@ -522,9 +683,16 @@ def bundle_from_model(
         output_kind = "logits"
         if np.all(output_vector >= 0) and np.allclose(output_vector.sum(-1), 1, atol=1e-3):
             output_kind = "probabilities"
-    n_classes = 2 if n_units == 1 else n_units
+    if declared_loss is None:
+        declared_loss = _loss_name(getattr(model, "loss", None))
+    task = _detect_task(output_vector, output_kind, task, declared_loss)
+    n_classes = 2 if n_units == 1 and task in ("classification", "segmentation") else n_units
     if labels is None:
-        class_names = default_class_names(n_classes)
+        class_names = (
+            [f"output {i}" for i in range(n_classes)]
+            if task == "regression"
+            else default_class_names(n_classes)
+        )
     elif isinstance(labels, list | tuple):
         class_names = [str(v) for v in labels]
         if len(class_names) != n_classes:
@@ -552,4 +720,74 @@ def bundle_from_model(
         output_layer=output_layer,
         layers=tuple(layers),
         cam_head=_find_cam_head(layers, output_layer) if layers else None,
+        task=task,
+        output_shape=tuple(int(d) for d in output_vector.shape[1:]),
     )
+
+
+def _explainable_shape(shape: tuple[int, ...]) -> bool:
+    """A vector (batch, units) or a per-pixel map (batch, h, w, classes) with h·w > 1."""
+    if len(shape) == 2:
+        return True
+    return len(shape) == 4 and int(shape[1]) * int(shape[2]) > 1
+
+
+def _detect_task(
+    output: np.ndarray, kind: OutputKind, requested: TaskChoice, loss: str | None
+) -> Task:
+    """The task of an explainable output (see :data:`Task`), checked against ``requested``."""
+    if output.ndim == 4:
+        if requested not in ("auto", "segmentation"):
+            raise ParameterError(
+                f"the model's output is a per-pixel map {tuple(output.shape[1:])}, which is a "
+                f"segmentation output, not {requested}; use task='auto' or 'segmentation'"
+            )
+        return "segmentation"
+    if requested == "segmentation":
+        raise ParameterError(
+            f"task='segmentation' needs a per-pixel output (batch, height, width, classes); this "
+            f"model's output is a vector {tuple(output.shape[1:])}"
+        )
+    if requested != "auto":
+        return requested  # type: ignore[return-value]
+    if kind == "sigmoid" and output.shape[-1] > 1:
+        return "multilabel"
+    if kind == "logits" and loss is not None and loss in _REGRESSION_LOSSES:
+        return "regression"
+    return "classification"
+
+
+def _loss_name(loss: Any) -> str | None:
+    """A compile config's loss as a lower-case name without separators ("meansquarederror"),
+    or None when there is none or there are several."""
+    if isinstance(loss, dict):
+        loss = loss.get("class_name") or (loss.get("config") or {}).get("name")
+    elif loss is not None and not isinstance(loss, str):
+        loss = getattr(loss, "name", None) or getattr(loss, "__name__", None)
+    if not isinstance(loss, str):
+        return None
+    return "".join(ch for ch in loss.lower() if ch.isalnum())
+
+
+def _declared_loss(path: Path) -> str | None:
+    """The loss a saved model was compiled with (``.keras``: ``config.json``'s
+    ``compile_config``; ``.h5``: the ``training_config`` attribute), or None. Reads JSON only,
+    after the file passed inspection."""
+    try:
+        if path.suffix.lower() == ".keras":
+            import zipfile
+
+            with zipfile.ZipFile(path) as archive:
+                config = json.loads(archive.read("config.json"))
+            compile_config = config.get("compile_config") or {}
+        else:
+            import h5py
+
+            with h5py.File(path, "r") as handle:
+                raw = handle.attrs.get("training_config")
+            if raw is None:
+                return None
+            compile_config = json.loads(raw if isinstance(raw, str) else raw.decode("utf-8"))
+        return _loss_name(compile_config.get("loss"))
+    except Exception:  # no compile config, or one we cannot read: recognise by structure only
+        return None

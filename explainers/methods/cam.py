@@ -44,7 +44,10 @@ _REDUCERS_LOCK = threading.Lock()
 
 def channel_reducer(bundle: ModelBundle, weights: ChannelWeights) -> LayerReducer:
     """``Σ_k w_k ⊙ A_k`` as a TensorFlow function, one object per (bundle, variant) so that the
-    runner's compiled pass for it is traced once."""
+    runner's compiled pass for it is traced once. Keyed by the loaded model's bundle, so a
+    targeted view (a segmentation region, :mod:`explainers.targets`) shares its model's
+    reducer and compiled passes: a new region does not trace again."""
+    bundle = bundle.root
     with _REDUCERS_LOCK:
         per_bundle = _REDUCERS.setdefault(bundle, {})
         reduce = per_bundle.get(weights)
