@@ -27,6 +27,7 @@ def page() -> None:
     # and the cards compute in this run. A change of methods, target, parameter or display must
     # interrupt a long card (the request is abandoned and the worker cancels it). The cards fill
     # in one by one within a single run: a card finishing reruns nothing.
+    target = pickers.wide_target_picker(PAGE, model, predictions, image)
     methods_col, target_col = st.columns([3, 1])
     with methods_col:
         methods = pickers.methods_multiselect(
@@ -37,7 +38,11 @@ def page() -> None:
             applicable_only=False,
         )
     with target_col:
-        target = pickers.target_picker(PAGE, model, predictions)
+        if not pickers.is_wide(model):
+            target = pickers.target_picker(PAGE, model, predictions, image)
+    if target is None:
+        st.info(pickers.REGION_PENDING)
+        return
     settings = display.display_controls(PAGE)
     shared = compare_page.scale_mode_control(PAGE)
     if not methods:

@@ -8,6 +8,7 @@ import streamlit as st
 from dashboard.computation import Failure
 from dashboard.pages import evaluate as evaluate_page
 from dashboard.report import method_labels
+from dashboard.service import ModelSummary
 from dashboard.widgets import frame, pickers, running
 
 PAGE = "evaluate"
@@ -49,13 +50,18 @@ def page() -> None:
     model, image, predictions = header
     labels = method_labels(model)
 
+    target = pickers.wide_target_picker(PAGE, model, predictions, image)
     methods_col, target_col = st.columns([3, 1])
     with methods_col:
         chosen = pickers.methods_multiselect(
             PAGE, model, "Methods to evaluate", evaluate_page.DEFAULT_EVALUATION
         )
     with target_col:
-        target = pickers.target_picker(PAGE, model, predictions)
+        if not pickers.is_wide(model):
+            target = pickers.target_picker(PAGE, model, predictions, image)
+    if target is None:
+        st.info(pickers.REGION_PENDING)
+        return
     methods = evaluate_page.skipped_methods(chosen)
 
     protocol_col, truth_col = st.columns([1.6, 1])
@@ -66,6 +72,11 @@ def page() -> None:
     with truth_col, st.container(border=True, key=f"{PAGE}_truth_box"):
         st.markdown("**Ground truth**")
         mask = evaluate_page.ground_truth(PAGE, image)
+        if mask is None and model.task == "segmentation":
+            st.caption(
+                "No object mask chosen: the region being explained is the ground truth (the "
+                "pixels the model gives the class, the clicked shape or the box)."
+            )
 
     st.subheader("Faithfulness and localisation")
     if not methods:
@@ -78,7 +89,7 @@ def page() -> None:
             if isinstance(outcome, Failure):
                 running.show_failure(outcome, f"{PAGE}_curves")
             else:
-                evaluate_page.curve_figures(PAGE, outcome, labels, model.class_names[target])
+                evaluate_page.curve_figures(PAGE, outcome, labels, target_name(model, target))
                 evaluate_page.ranking_table(outcome, labels)
 
     st.subheader("Sanity check: does the map depend on the model?")
@@ -103,6 +114,16 @@ def page() -> None:
         "Compare and Explain pages' HTML reports include them too."
     )
     evaluate_page.evaluation_downloads(PAGE, model, image, predictions, labels)
+
+
+def target_name(model: ModelSummary, target: int | str) -> str:
+    """The class or label a target reads, for the curves' titles."""
+    if isinstance(target, int):
+        return model.class_names[target]
+    unit = target.split(":")[1] if ":" in target else target
+    if unit.isdigit() and int(unit) < model.n_classes:
+        return model.class_names[int(unit)]
+    return unit
 
 
 page()

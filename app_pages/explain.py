@@ -28,11 +28,13 @@ def page() -> None:
         return
     model, image, predictions = header
 
+    target = pickers.wide_target_picker(PAGE, model, predictions, image)
     method_col, target_col, layer_col, engine_col = st.columns([1.2, 1.2, 1.2, 0.8])
     with method_col:
         method = explain_page.method_picker(PAGE, model)
     with target_col:
-        target = pickers.target_picker(PAGE, model, predictions)
+        if not pickers.is_wide(model):
+            target = pickers.target_picker(PAGE, model, predictions, image)
     with layer_col:
         layer = pickers.layer_picker(PAGE, model, method, placeholder=True)
     with engine_col:
@@ -40,6 +42,9 @@ def page() -> None:
     with st.container(border=True, key=f"{PAGE}_parameters"):
         st.markdown(f"**{method.label} parameters**")
         params = parameters.param_controls(PAGE, method, columns=4)
+    if target is None:
+        st.info(pickers.REGION_PENDING)
+        return
     request = build_request(model, image, method, params, target=target, layer=layer, engine=engine)
     result(model, image, predictions, method, request)
 
@@ -103,8 +108,8 @@ def result(
             cells=cells[2:],
         )
     with predictions_col:
-        st.markdown("**Top predictions**")
-        explain_page.predictions_table(predictions, outcome.target)
+        st.markdown(f"**{explain_page.predictions_title(model)}**")
+        explain_page.predictions_table(predictions, outcome.target, model)
 
 
 page()

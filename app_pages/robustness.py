@@ -17,15 +17,30 @@ def page() -> None:
     header = frame.page_header("Robustness", "A change too small to see that changes the decision.")
     if header is None:
         return
-    model, image, _ = header
+    model, image, predictions = header
     st.markdown(
         "An **adversarial example** adds a tiny, carefully chosen change to every pixel — often "
         "invisible — and the model changes its mind with high confidence. The explanations of "
         "both images show whether the evidence a map points at is what the decision rests on."
     )
 
+    if model.task == "regression":
+        st.info(
+            "An attack changes a decision: a class, a label, a region's class. A regression "
+            "output has none, so there is nothing to flip. Explain what increases or decreases "
+            "the value on the Explain page instead."
+        )
+        return
+    # A segmentation model: the attack pushes one region's class (its summed logits) and
+    # succeeds when the region's mean class probability changes its top class.
+    subject = pickers.wide_target_picker(PAGE, model, predictions, image)
+    if pickers.is_wide(model) and subject is None:
+        st.info(pickers.REGION_PENDING)
+        return
     settings = robustness_page.attack_controls(PAGE, model)
-    attacked = robustness_page.run_attack(model, image, settings, st.empty())
+    attacked = robustness_page.run_attack(
+        model, image, settings, st.empty(), subject=subject if isinstance(subject, str) else None
+    )
     if isinstance(attacked, Failure):
         running.show_failure(attacked, f"{PAGE}_attack")
         return
@@ -53,7 +68,7 @@ def page() -> None:
         st.info("Pick at least one method above.")
         return
     display_settings = display.display_controls(PAGE)
-    targets = explained_targets(outcome, choice)
+    targets = explained_targets(outcome, choice, subject if isinstance(subject, str) else None)
     st.caption("Each method runs with its default parameters (tune them on the Explain page).")
     for start in range(0, len(methods), PAIRS_PER_ROW):
         row = methods[start : start + PAIRS_PER_ROW]

@@ -37,11 +37,26 @@ def amplified_perturbation(perturbation: np.ndarray) -> tuple[np.ndarray, int]:
     return picture, factor
 
 
-def explained_targets(outcome: service.AttackOutcome, choice: str) -> tuple[int, int]:
-    """(class explained on the original, class explained on the adversarial image)."""
+def explained_targets(
+    outcome: service.AttackOutcome, choice: str, region: str | None = None
+) -> tuple[int | str, int | str]:
+    """(target explained on the original, target explained on the adversarial image): a class
+    index, or for a segmentation the attacked ``region`` (its text form) read for that class.
+    A region given as the class's predicted pixels is re-read on each image's own prediction
+    (the adversarial image may predict the class elsewhere, or nowhere: the page then says so)."""
     original, adversarial = outcome.before[0].index, outcome.after[0].index
     if choice == "original":
-        return original, original
-    if choice == "adversarial":
-        return adversarial, adversarial
-    return original, adversarial
+        pair = (original, original)
+    elif choice == "adversarial":
+        pair = (adversarial, adversarial)
+    else:
+        pair = (original, adversarial)
+    if region is None:
+        return pair
+    kind, _, rest = [*region.split(":", 2), "", ""][:3]
+    if "at=" in rest:
+        # A clicked shape: the class is whatever each image predicts at that pixel.
+        return (region.replace(f"{kind}:{_}:", f"{kind}:*:", 1),) * 2  # type: ignore[return-value]
+    return tuple(  # type: ignore[return-value]
+        ":".join(part for part in (kind, str(c), rest) if part) for c in pair
+    )

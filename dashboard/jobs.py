@@ -88,6 +88,7 @@ def bundle(ref: ModelRef) -> explainers.ModelBundle:
             preprocessing=ref.preprocessing,  # type: ignore[arg-type]
             labels=ref.labels,
             name=ref.file_name,
+            task=getattr(ref, "task", "auto"),  # type: ignore[arg-type]
             **options,
         )
         if loaded.sha256 is not None and loaded.sha256 != ref.sha256:
@@ -124,6 +125,8 @@ def describe(ref: ModelRef) -> ModelSummary:
         default_layer=loaded.default_layer,
         cam_head=loaded.cam_head.feature_layer if loaded.cam_head else None,
         methods=methods,
+        task=loaded.task,
+        output_shape=tuple(int(d) for d in loaded.output_shape),
     )
 
 
@@ -132,7 +135,19 @@ def method_reason(ref: ModelRef, method: str, layer: str | None) -> str | None:
 
 
 def predict(ref: ModelRef, pixels: np.ndarray) -> np.ndarray:
-    return np.asarray(bundle(ref).predict(pixels), np.float32)
+    """One number per class, label or output: probabilities, a regression's values, and for a
+    segmentation model the share of the output's pixels predicted as each class."""
+    loaded = bundle(ref)
+    if loaded.task == "segmentation":
+        predicted = np.argmax(loaded.segment(pixels), axis=-1)
+        counts = np.bincount(predicted.ravel(), minlength=loaded.n_classes)
+        return (counts / max(1, predicted.size)).astype(np.float32)
+    return np.asarray(loaded.predict(pixels), np.float32)
+
+
+def segment(ref: ModelRef, pixels: np.ndarray) -> np.ndarray:
+    """A segmentation model's predicted class per output pixel, uint16 (h_out, w_out)."""
+    return np.argmax(bundle(ref).segment(pixels), axis=-1).astype(np.uint16)
 
 
 def explain(
@@ -140,7 +155,7 @@ def explain(
     pixels: np.ndarray,
     method: str,
     params: dict[str, Any],
-    target: int | None,
+    target: int | str | None,
     layer: str | None,
     engine: str,
     progress: ProgressCallback,
@@ -167,8 +182,13 @@ def explain(
         layer=result.layer,
         engine=result.engine,
         seconds=float(result.seconds),
-        extras=plain(dict(result.extras)),
+        extras=plain({k: v for k, v in result.extras.items() if k != "region"}),
         pixels_sha256=pixels_digest(pixels),
+        region=(
+            None
+            if result.extras.get("region") is None
+            else np.ascontiguousarray(result.extras["region"], bool)
+        ),
     )
 
 
@@ -225,7 +245,7 @@ def evaluate(
     ref: ModelRef,
     pixels: np.ndarray,
     maps: dict[str, np.ndarray],
-    target: int,
+    target: int | str,
     mask: np.ndarray | None,
     options: dict[str, Any],
     progress: ProgressCallback,
@@ -235,7 +255,7 @@ def evaluate(
         bundle(ref), pixels, maps, target=target, mask=mask, progress=progress, **options
     )
     return EvaluationOutcome(
-        target=int(target),
+        target=target,
         rows=tuple(
             MapEvaluation(
                 name=row.name,
@@ -461,6 +481,7 @@ JOBS: dict[str, Callable[..., Any]] = {
     "describe": describe,
     "method_reason": method_reason,
     "predict": predict,
+    "segment": segment,
     "explain": explain,
     "feature_maps": feature_maps,
     "attack": attack,

@@ -57,15 +57,19 @@ class ModelRef:
     preprocessing: str = "auto"
     labels: bytes | None = field(default=None, repr=False)
     labels_name: str | None = None
+    #: What the output does (``explainers.io.model_files.TASK_CHOICES``); "auto" recognises it.
+    task: str = "auto"
 
     @property
     def labels_sha256(self) -> str | None:
         return hashlib.sha256(self.labels).hexdigest() if self.labels is not None else None
 
     @property
-    def key(self) -> tuple[str, str, str | None]:
-        """The cache key of the loaded bundle: (model SHA-256, preprocessing, labels SHA-256)."""
-        return (self.sha256, self.preprocessing, self.labels_sha256)
+    def key(self) -> tuple[str, ...]:
+        """The cache key of the loaded bundle: (model SHA-256, preprocessing, labels SHA-256),
+        and the task when the user chose one."""
+        base = (self.sha256, self.preprocessing, self.labels_sha256)
+        return base if self.task == "auto" else (*base, self.task)
 
 
 @dataclass(frozen=True)
@@ -118,6 +122,15 @@ class ModelSummary:
     default_layer: str | None
     cam_head: str | None
     methods: tuple[MethodSummary, ...]
+    #: What the explained output does: classification, multilabel, regression, segmentation.
+    task: str = "classification"
+    #: The explained output's shape without the batch axis ((units,) or (h, w, classes)).
+    output_shape: tuple[int, ...] = ()
+
+    @property
+    def unit_word(self) -> str:
+        """What one output unit is called: class, label or output."""
+        return {"multilabel": "label", "regression": "output"}.get(self.task, "class")
 
     @property
     def n_layers(self) -> int:
@@ -150,7 +163,9 @@ class ExplanationRequest:
     image_sha256: str
     method: str
     params: tuple[tuple[str, Any], ...]
-    target: int | None
+    #: A class index, or a target's text form (``explainers.targets.SYNTAX``): a region of a
+    #: segmentation, a regression direction; None: the model's default.
+    target: int | str | None
     layer: str | None
     engine: str = "native"
 
@@ -185,6 +200,18 @@ class ExplanationResult:
     extras: dict[str, Any]
     #: :func:`pixels_digest` of the pixels the worker explained (checked before caching).
     pixels_sha256: str = ""
+    #: A segmentation target's region, bool (h_out, w_out) on the output grid; None otherwise.
+    region: np.ndarray | None = None
+
+    @property
+    def target_text(self) -> str:
+        """What was explained, in words ("label square", "sum of circle's logits over …")."""
+        facts = self.extras.get("target") or {}
+        return str(facts.get("text") or self.target_label)
+
+    @property
+    def task(self) -> str:
+        return str((self.extras.get("target") or {}).get("task", "classification"))
 
 
 def pixels_digest(pixels: np.ndarray) -> str:
@@ -248,7 +275,7 @@ class MapEvaluation:
 class EvaluationOutcome:
     """Deletion / insertion curves (Petsiuk et al. 2018) of several maps of one image."""
 
-    target: int
+    target: int | str
     rows: tuple[MapEvaluation, ...]
     step: float
     deletion_substrate: str

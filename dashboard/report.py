@@ -60,7 +60,7 @@ def file_stem(*parts: str) -> str:
 
 
 #: Result extras shown in their own place (warnings as boxes, the magnitude as one line).
-EXTRAS_SHOWN_APART = frozenset({"warnings", "magnitude"})
+EXTRAS_SHOWN_APART = frozenset({"warnings", "magnitude", "target"})
 
 
 def magnitude(result: ExplanationResult) -> dict[str, Any] | None:

@@ -59,6 +59,7 @@ from explainers.io.model_files import (
     KERAS_APPLICATIONS,
     PREPROCESSING_CHOICES,
     PREPROCESSING_HELP,
+    TASK_CHOICES,
     file_sha256,
 )
 from explainers.registry import resolve_params
@@ -109,11 +110,21 @@ MAX_UPLOAD_BYTES = 200 * 2**20
 APPLICATION_NAMES: tuple[str, ...] = tuple(KERAS_APPLICATIONS)
 PREPROCESSING_OPTIONS: tuple[str, ...] = PREPROCESSING_CHOICES
 PREPROCESSING_DESCRIPTIONS: dict[str, str] = dict(PREPROCESSING_HELP)
+TASK_OPTIONS: tuple[str, ...] = TASK_CHOICES
+TASK_DESCRIPTIONS: dict[str, str] = {
+    "auto": "auto — recognise it from the output",
+    "classification": "classification — one class (softmax)",
+    "multilabel": "multi-label — independent sigmoid labels",
+    "regression": "regression — linear output values",
+    "segmentation": "segmentation — a class per pixel",
+}
 #: The demo models we know how to describe; any other ``*.keras`` in assets/models is listed too.
 DEMO_DESCRIPTIONS: dict[str, str] = {
     "demo_shapes.keras": "Shapes CNN — honest",
     "demo_shortcut.keras": "Shapes CNN — shortcut (cheats)",
     "demo_fixed.keras": "Shapes CNN — fixed (right for the right reasons)",
+    "demo_segmentation.keras": "Shapes segmentation (encoder–decoder)",
+    "demo_multilabel.keras": "Shapes multi-label (several shapes per image)",
 }
 DEMO_NOTES: dict[str, str] = {
     "demo_shapes.keras": "Trained on cluttered images of circles, squares, triangles and stars.",
@@ -122,6 +133,11 @@ DEMO_NOTES: dict[str, str] = {
     "demo_fixed.keras": "Trained on the shortcut model's images, with Right for the Right Reasons "
     "penalising its input gradient on the marker: it learned the shapes instead. Try the "
     "shortcut_* samples.",
+    "demo_segmentation.keras": "Labels every pixel: background, circle, square, triangle or "
+    "star. Pick a class and a region (its pixels, a clicked shape, a box) to explain. Try the "
+    "scenes_* samples.",
+    "demo_multilabel.keras": "Says which shapes an image contains (one sigmoid per shape): "
+    "explain any label, not only the top one. Try the scenes_* samples.",
 }
 
 
@@ -312,10 +328,16 @@ def demo_models() -> list[DemoModel]:
     return [DemoModel(p, DEMO_DESCRIPTIONS.get(p.name, p.stem)) for p in found]
 
 
-def demo_labels() -> tuple[bytes, str] | None:
-    """The bundled demo labels file (bytes, name), if present."""
-    path = assets_dir() / "models" / "demo_labels.txt"
-    return (path.read_bytes(), path.name) if path.is_file() else None
+def demo_labels(model: Path | None = None) -> tuple[bytes, str] | None:
+    """The bundled labels file (bytes, name) of demo ``model``: its own
+    ``<name>_labels.txt`` where there is one (the segmentation model's classes include the
+    background), else the shared ``demo_labels.txt``; None if neither is present."""
+    folder = assets_dir() / "models"
+    candidates = [folder / f"{model.stem}_labels.txt"] if model is not None else []
+    for path in [*candidates, folder / "demo_labels.txt"]:
+        if path.is_file():
+            return path.read_bytes(), path.name
+    return None
 
 
 def samples() -> list[Sample]:
@@ -330,7 +352,7 @@ def samples() -> list[Sample]:
         for p in [*folder.glob("*"), *(folder / "photos").glob("*")]
         if p.is_file()
         and p.suffix.lower() in suffixes
-        and not p.stem.endswith(("_mask", "_marker"))
+        and not p.stem.endswith(("_mask", "_marker", "_labels"))
     ]
     images.sort(key=lambda p: (p.parent != folder, not p.stem.startswith("shapes_"), p.stem))
 
@@ -398,6 +420,7 @@ def file_model_ref(
     sha256: str | None = None,
     preprocessing: str = "auto",
     labels: tuple[bytes, str] | None = None,
+    task: str = "auto",
 ) -> ModelRef:
     """A reference to a model file on this machine (hashing it when ``sha256`` is not given)."""
     if sha256 is None:
@@ -411,6 +434,7 @@ def file_model_ref(
         preprocessing=preprocessing,
         labels=labels[0] if labels else None,
         labels_name=labels[1] if labels else None,
+        task=task,
     )
 
 
@@ -611,13 +635,38 @@ def predictions(model: ModelSummary, image: LoadedImage, k: int = 5) -> list[Pre
     return [Prediction(int(i), model.class_names[i], float(probs[i])) for i in order]
 
 
+def segmentation(model: ModelSummary, image: LoadedImage) -> np.ndarray:
+    """A segmentation model's predicted class per output pixel, (h_out, w_out) ints; cached."""
+    if model.task != "segmentation":
+        raise ServiceError(f"{model.name} is a {model.task} model, not a segmentation model.")
+    key = ("segment", model.ref.key, image.sha256)
+    cached = RESULTS.get(key)
+    if cached is None:
+        _count("segment")
+        cached = _call(
+            "segment",
+            {"ref": model.ref, "pixels": image.pixels},
+            action="segment the image",
+            model=model.ref,
+        )
+        _refuse_unless(
+            isinstance(cached, np.ndarray)
+            and cached.shape == tuple(model.output_shape[:2])
+            and int(cached.max(initial=0)) < model.n_classes,
+            "segment the image",
+        )
+        cached = _readonly(cached)
+        RESULTS.put(key, cached, cached.nbytes)
+    return cached
+
+
 def explanation_request(
     model: ModelSummary,
     image: LoadedImage,
     method: str,
     params: Mapping[str, Any],
     *,
-    target: int | None,
+    target: int | str | None,
     layer: str | None = None,
     engine: str = "native",
 ) -> ExplanationRequest:
@@ -737,7 +786,7 @@ def _check_explanation(request: ExplanationRequest, image: LoadedImage, outcome:
             problems.append(f"method {outcome.method!r} ≠ {request.method!r}")
         if outcome.engine != request.engine:
             problems.append(f"engine {outcome.engine!r} ≠ {request.engine!r}")
-        if request.target is not None and outcome.target != request.target:
+        if isinstance(request.target, int) and outcome.target != request.target:
             problems.append(f"target {outcome.target} ≠ {request.target}")
         if request.layer is not None and outcome.layer != request.layer:
             problems.append(f"layer {outcome.layer!r} ≠ {request.layer!r}")
@@ -796,6 +845,7 @@ def attack(
     step_size: float | None = None,
     target: int | None = None,
     seed: int = 0,
+    subject: str | None = None,
     progress: ProgressCallback | None = None,
 ) -> tuple[AttackOutcome, LoadedImage]:
     """An adversarial version of ``image`` (FGSM or PGD, L∞ budget ``epsilon`` in pixel levels)
@@ -809,6 +859,8 @@ def attack(
         "target": target,
         "seed": int(seed),
     }
+    if subject is not None:
+        options["subject"] = subject  # a segmentation region (its text form)
     key = ("attack", model.ref.key, image.sha256, method, tuple(sorted(options.items())))
     outcome = RESULTS.get(key)
     if outcome is None:
@@ -845,7 +897,7 @@ def evaluate(
     image: LoadedImage,
     maps: Mapping[str, np.ndarray],
     *,
-    target: int,
+    target: int | str,
     mask: np.ndarray | None = None,
     step: float = 0.02,
     deletion_substrate: str = "blur",
@@ -867,7 +919,7 @@ def evaluate(
         model.ref.key,
         image.sha256,
         tuple((name, _array_digest(m)) for name, m in maps.items()),
-        int(target),
+        target,
         _array_digest(mask),
         tuple(sorted(options.items())),
     )
@@ -882,7 +934,7 @@ def evaluate(
                 "ref": model.ref,
                 "pixels": image.pixels,
                 "maps": {name: np.asarray(m, np.float32) for name, m in maps.items()},
-                "target": int(target),
+                "target": target,
                 "mask": None if mask is None else np.asarray(mask, bool),
                 "options": options,
             },
@@ -891,7 +943,7 @@ def evaluate(
             progress=progress,
         )
     _refuse_unless(
-        outcome.target == int(target)
+        outcome.target == target
         and {row.name for row in outcome.rows} >= set(maps)
         and outcome.deletion_substrate == deletion_substrate,
         "compute the deletion and insertion curves",
@@ -905,7 +957,7 @@ def sanity_check(
     image: LoadedImage,
     methods: tuple[str, ...],
     *,
-    target: int,
+    target: int | str,
     mode: str = "cascading",
     params: Mapping[str, Mapping[str, Any]] | None = None,
     seed: int = 0,
@@ -923,7 +975,7 @@ def sanity_check(
         model.ref.key,
         image.sha256,
         tuple(methods),
-        int(target),
+        target,
         mode,
         tuple((m, tuple(sorted(p.items()))) for m, p in sorted(params.items())),
         int(seed),
@@ -940,7 +992,7 @@ def sanity_check(
                 "ref": model.ref,
                 "pixels": image.pixels,
                 "methods": tuple(methods),
-                "target": int(target),
+                "target": target,
                 "options": {
                     "mode": mode,
                     "seed": int(seed),
@@ -954,7 +1006,7 @@ def sanity_check(
         )
     _refuse_unless(
         tuple(outcome.methods) == tuple(methods)
-        and outcome.target == int(target)
+        and (isinstance(target, str) or outcome.target == int(target))
         and outcome.mode == mode,
         "run the randomisation sanity check",
     )

@@ -68,7 +68,7 @@ _EXPORTS: dict[str, str] = {
     "ReasonTrainer": "training",
     "Region": "targets",
     "Target": "targets",
-    "explain_each": "targets",
+    "explain_each": "explanation",
 }
 #: Submodules reachable as attributes (``explainers.render``, ``explainers.io.models`` ...).
 _SUBMODULES = frozenset(

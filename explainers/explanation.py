@@ -608,3 +608,15 @@ def explain(
         seconds=time.perf_counter() - started,
         extras=extras,
     )
+
+
+def explain_each(
+    bundle: ModelBundle,
+    image: np.ndarray,
+    method: str,
+    targets: list[Target | int | str],
+    **kwargs: Any,
+) -> list[Any]:
+    """One :func:`explainers.explain` per target (e.g. every label of a multi-label model that
+    is present), in order."""
+    return [explain(bundle, image, method, target=target, **kwargs) for target in targets]

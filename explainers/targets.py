@@ -4,8 +4,8 @@ A :class:`Target` names the scalar every method, metric, sanity check and attack
 
 * a class of a softmax classifier (its logit for gradient and CAM methods, its probability for
   perturbation methods: as before, a class index or name is enough);
-* any label of a multi-label sigmoid output, not only the top one (:func:`explain_each` explains
-  several labels, one map each);
+* any label of a multi-label sigmoid output, not only the top one
+  (:func:`explainers.explanation.explain_each` explains several labels, one map each);
 * a regression output, towards higher values (the output itself) or lower ones (its negation);
 * a region of a segmentation output: the sum (Seg-Grad-CAM, Vinogradova et al. 2020) or the mean
   of one class's per-pixel logits over a mask — the class's predicted pixels, the connected
@@ -378,20 +378,6 @@ def _region_mask(
         labelled, _ = ndimage.label(predicted == index, structure=np.ones((3, 3), int))
         return labelled == labelled[row, column]
     raise ParameterError(f"unknown region {region.how!r}")
-
-
-def explain_each(
-    bundle: ModelBundle,
-    image: np.ndarray,
-    method: str,
-    targets: list[Target | int | str],
-    **kwargs: Any,
-) -> list[Any]:
-    """One :func:`explainers.explain` per target (e.g. every label of a multi-label model that
-    is present), in order."""
-    from explainers.explanation import explain
-
-    return [explain(bundle, image, method, target=target, **kwargs) for target in targets]
 
 
 def resize_mask(mask: np.ndarray, size: tuple[int, int]) -> np.ndarray:

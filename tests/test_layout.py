@@ -19,6 +19,7 @@ PACKAGES = ("explainers", "dashboard")
 LAYERS = (
     ("explainers.errors", "explainers.core"),
     ("explainers.io", "explainers.tf_explain_engine", "explainers.render"),
+    ("explainers.targets",),
     ("explainers.methods",),
     ("explainers.registry",),
     ("explainers.explanation",),

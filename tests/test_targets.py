@@ -18,8 +18,9 @@ import tensorflow as tf
 
 import explainers
 from explainers.errors import ParameterError, UnsupportedModelError
+from explainers.explanation import explain_each
 from explainers.io.models import bundle_from_model, load_model
-from explainers.targets import Region, Target, bind, explain_each
+from explainers.targets import Region, Target, bind
 
 RNG = np.random.default_rng(7)
 

@@ -175,7 +175,7 @@ def explanation_maps(
     model: ModelSummary,
     image: LoadedImage,
     methods: Sequence[MethodSummary],
-    target: int,
+    target: int | str,
     slot: DeltaGenerator,
 ) -> dict[str, np.ndarray]:
     """Each method's raw map (default parameters, cached), float32 (H, W) at the image's size,
@@ -202,7 +202,7 @@ def run_evaluation(
     model: ModelSummary,
     image: LoadedImage,
     maps: dict[str, np.ndarray],
-    target: int,
+    target: int | str,
     mask: np.ndarray | None,
     protocol: CurveProtocol,
     slot: DeltaGenerator,
@@ -370,12 +370,12 @@ def sanity_requested(
     model: ModelSummary,
     image: LoadedImage,
     methods: tuple[str, ...],
-    target: int,
+    target: int | str,
     mode: str,
 ) -> bool:
     """The Run button; True when the test was asked for with exactly these settings (pressed now
     or earlier), so its cached result stays on screen while other controls change."""
-    wanted = (model.ref.key, image.sha256, methods, int(target), mode)
+    wanted = (model.ref.key, image.sha256, methods, target, mode)
     key = state.key(page, "sanity_request")
 
     def ask() -> None:
@@ -398,7 +398,7 @@ def run_sanity(
     model: ModelSummary,
     image: LoadedImage,
     methods: tuple[str, ...],
-    target: int,
+    target: int | str,
     mode: str,
     slot: DeltaGenerator,
 ) -> service.SanityOutcome | Failure:

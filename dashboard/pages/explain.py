@@ -31,31 +31,58 @@ def method_picker(page: Page, model: ModelSummary, default: str = DEFAULT_METHOD
     return model.method(name)
 
 
-def predictions_table(predictions: Sequence[Prediction], target: int, k: int = 5) -> None:
+def predictions_title(model: ModelSummary) -> str:
+    return {
+        "multilabel": "Labels",
+        "regression": "Outputs",
+        "segmentation": "Predicted pixels per class",
+    }.get(model.task, "Top predictions")
+
+
+def predictions_table(
+    predictions: Sequence[Prediction],
+    target: int,
+    model: ModelSummary | None = None,
+    k: int = 5,
+) -> None:
+    """The model's top classes (a multi-label model: every label; a segmentation: each class's
+    share of the predicted pixels; a regression: the values), the explained one marked."""
+    task = model.task if model is not None else "classification"
+    word = {"multilabel": "Label", "regression": "Output"}.get(task, "Class")
+    column = {"segmentation": "Pixels", "regression": "Value"}.get(task, "Probability")
+    shown = predictions if task in ("multilabel", "segmentation") else predictions[:k]
     rows = [
-        {
-            "Class": ("▶ " if p.index == target else "") + p.name,
-            "Probability": p.probability,
-        }
-        for p in predictions[:k]
+        {word: ("▶ " if p.index == target else "") + p.name, column: p.probability} for p in shown
     ]
-    st.dataframe(
-        rows,
-        hide_index=True,
-        width="stretch",
-        column_config={
-            "Probability": st.column_config.ProgressColumn(
-                "Probability", min_value=0.0, max_value=1.0, format="percent"
+    config = (
+        {column: st.column_config.NumberColumn(column, format="%.4g")}
+        if task == "regression"
+        else {
+            column: st.column_config.ProgressColumn(
+                column, min_value=0.0, max_value=1.0, format="percent"
             )
-        },
+        }
     )
+    st.dataframe(rows, hide_index=True, width="stretch", column_config=config)
+
+
+def _target_fact(result: ExplanationResult) -> str:
+    """What was explained and its score, in the task's words."""
+    task = result.task
+    if task == "segmentation":
+        return f"**Target:** {result.target_text} · region's mean p = {result.score:.3f}"
+    if task == "regression":
+        return f"**Target:** {result.target_text} (value = {result.score:.4g})"
+    if task == "multilabel":
+        return f"**Target:** label {result.target_label} (p = {result.score:.3f})"
+    return f"**Target:** {result.target_label} (class {result.target}, p = {result.score:.3f})"
 
 
 def result_facts(result: ExplanationResult, method: MethodSummary) -> None:
     facts = [
         # From the result itself, not the widgets: what was computed, for which class.
         f"**Method:** {result.method_label} (`{result.method}`)",
-        f"**Target:** {result.target_label} (class {result.target}, p = {result.score:.3f})",
+        _target_fact(result),
         f"**Time:** {result.seconds:.2f} s · **engine:** {ENGINE_LABELS.get(result.engine)}",
     ]
     if result.layer:

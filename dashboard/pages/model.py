@@ -19,16 +19,29 @@ def _shape(shape: Sequence[int]) -> str:
     return " × ".join(str(s) for s in shape)
 
 
+TASK_TEXT = {
+    "classification": "classification — explains one class (its logit; perturbation methods "
+    "its probability)",
+    "multilabel": "multi-label — one sigmoid per label; any label can be explained",
+    "regression": "regression — explains what increases or decreases an output value",
+    "segmentation": "segmentation — a class per pixel; explains a class over a region "
+    "(Seg-Grad-CAM)",
+}
+
+
 def model_summary(model: ModelSummary) -> None:
     cols = st.columns(4)
     cols[0].metric("Parameters", f"{model.n_params:,}")
     cols[1].metric("Layers", model.n_layers)
     cols[2].metric("Input", f"{model.input_size[0]}×{model.input_size[1]}×{model.channels}")
-    cols[3].metric("Classes", model.n_classes)
+    word = {"class": "Classes", "label": "Labels", "output": "Outputs"}[model.unit_word]
+    cols[3].metric(word, model.n_classes)
     st.markdown(
         f"**File:** {model.ref.file_name}"
         + (f" · **SHA-256:** `{model.sha256}`" if model.sha256 else "")
         + f"  \n**Preprocessing:** {model.preprocessing} — {model.preprocessing_reason}"
+        + f"  \n**Task:** {TASK_TEXT.get(model.task, model.task)}"
+        + f" · output shape {'×'.join(str(d) for d in model.output_shape) or '?'}"
         + f"  \n**Output:** {model.output_kind} from `{model.output_layer or '?'}`"
         + (
             f" · **CAM head:** `{model.cam_head}` → global average pooling → dense"

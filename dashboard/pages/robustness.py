@@ -159,14 +159,20 @@ def _goal(choice: int) -> int | None:
 
 
 def run_attack(
-    model: ModelSummary, image: LoadedImage, settings: AttackSettings, slot: DeltaGenerator
+    model: ModelSummary,
+    image: LoadedImage,
+    settings: AttackSettings,
+    slot: DeltaGenerator,
+    subject: str | None = None,
 ) -> tuple[service.AttackOutcome, LoadedImage] | Failure:
     """The attack's outcome and the adversarial image (cached), with a progress bar in ``slot``
     while it runs, or a :class:`Failure`."""
     label = f"{ATTACK_LABELS[settings.method]} attack"
     progress, clear = service.streamlit_progress(slot, label)
     try:
-        return service.attack(model, image, settings.method, **settings.options, progress=progress)
+        return service.attack(
+            model, image, settings.method, **settings.options, subject=subject, progress=progress
+        )
     except ServiceError as err:
         return Failure.from_error(err)
     finally:
@@ -305,7 +311,7 @@ def explanation_pair(
     model: ModelSummary,
     method: MethodSummary,
     images: tuple[LoadedImage, LoadedImage],
-    targets: tuple[int, int],
+    targets: tuple[int | str, int | str],
     settings: DisplaySettings,
 ) -> None:
     """``method``'s map of the original and of the adversarial image, side by side, in a card."""

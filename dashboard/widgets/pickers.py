@@ -9,8 +9,9 @@ from collections.abc import Callable, Sequence
 import streamlit as st
 
 from dashboard import state
-from dashboard.service import MethodSummary, ModelSummary, Prediction
+from dashboard.service import LoadedImage, MethodSummary, ModelSummary, Prediction
 from dashboard.state import Page
+from dashboard.widgets import regions
 
 ENGINE_LABELS = {"native": "Native", "tf_explain": "tf-explain"}
 
@@ -52,6 +53,29 @@ def methods_multiselect(
 
 
 AUTO_TARGET = -1
+#: What a page says while a segmentation region waits for a click or a box.
+REGION_PENDING = (
+    "Choose the region in the picture above: click a shape, or drag a box, then the "
+    "explanation runs."
+)
+
+
+def is_wide(model: ModelSummary) -> bool:
+    """Whether the model's target picker needs the page's full width (a segmentation's class,
+    region and picture) rather than a column."""
+    return model.task == "segmentation"
+
+
+def wide_target_picker(
+    page: Page, model: ModelSummary, predictions: Sequence[Prediction], image: LoadedImage
+) -> int | str | None:
+    """:func:`target_picker` in a bordered full-width box for models that need it; None (and
+    nothing drawn) for the others, whose pages put the picker in a column."""
+    if not is_wide(model):
+        return None
+    with st.container(border=True, key=f"{page}_target_box"):
+        st.markdown("**What to explain**")
+        return target_picker(page, model, predictions, image)
 
 
 def target_key(page: Page, model: ModelSummary, predictions: Sequence[Prediction]) -> str:
@@ -65,11 +89,26 @@ def target_key(page: Page, model: ModelSummary, predictions: Sequence[Prediction
     return state.key(page, f"target_{digest}")
 
 
-def target_picker(page: Page, model: ModelSummary, predictions: Sequence[Prediction]) -> int:
-    """The class to explain; 'top prediction' follows the image. Returns a class index.
-
-    The choice carries over to the next widget (a new image) for the same model; a new model
-    starts at 'top prediction' (a class index means nothing for another model)."""
+def target_picker(
+    page: Page,
+    model: ModelSummary,
+    predictions: Sequence[Prediction],
+    image: LoadedImage | None = None,
+) -> int | str | None:
+    """What to explain. A classifier: the class ('top prediction' follows the image), as an
+    index; the choice carries over to the next image for the same model, and a new model
+    starts at 'top prediction' (an index means nothing for another model). Other tasks return
+    a target's text (:mod:`dashboard.widgets.regions`): a multi-label model's label (an index),
+    a regression output and direction, a segmentation class and region — None while the user
+    has still to click or draw the region."""
+    if model.task == "multilabel":
+        return regions.label_picker(page, model, predictions)
+    if model.task == "regression":
+        return regions.regression_target(page, model, predictions)
+    if model.task == "segmentation":
+        if image is None:
+            raise ValueError("a segmentation target needs the image")
+        return regions.segmentation_target(page, model, image, predictions)
     probability = {p.index: p.probability for p in predictions}
     top = predictions[0]
     options = [AUTO_TARGET, *range(model.n_classes)]

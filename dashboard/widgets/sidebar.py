@@ -12,6 +12,12 @@ from dashboard.service import LoadedImage, ServiceError
 
 MODEL_SOURCES = ("Demo model", "Upload a file", "keras.applications")
 IMAGE_SOURCES = ("Sample", "Upload", "Camera")
+TASK_WORDS = {
+    "classification": "classifier",
+    "multilabel": "multi-label",
+    "regression": "regression",
+    "segmentation": "segmentation",
+}
 #: The upload limit set in .streamlit/config.toml (server.maxUploadSize), for the help texts.
 MAX_UPLOAD_MB = int(st.get_option("server.maxUploadSize"))
 
@@ -35,7 +41,7 @@ def _labels_input(source: str) -> tuple[bytes, str] | None:
     )
     if upload is not None:
         return upload.getvalue(), upload.name
-    return service.demo_labels() if source == MODEL_SOURCES[0] else None
+    return None
 
 
 def _try_load_model(build_ref: Callable[[], service.ModelRef]) -> None:
@@ -63,6 +69,17 @@ def _model_inputs() -> None:
             help="How pixels become model inputs. 'auto' recognises keras.applications "
             "families and rescaling layers.",
         )
+        task_key = "sidebar_task"
+        state.default(task_key, "auto")
+        task = st.selectbox(
+            "Task",
+            service.TASK_OPTIONS,
+            key=task_key,
+            format_func=lambda t: service.TASK_DESCRIPTIONS.get(t, t),
+            help="What the model's output does. 'auto' recognises it: a per-pixel map is "
+            "segmentation, several sigmoids multi-label, a linear output saved with a regression "
+            "loss regression. Choose 'regression' for a linear output saved without its loss.",
+        )
         labels = _labels_input(source)
     labels_sha = service.sha256_bytes(labels[0]) if labels else None
 
@@ -83,11 +100,12 @@ def _model_inputs() -> None:
             )
             demo = demos[names.index(choice)]
             st.caption(service.DEMO_NOTES.get(choice, ""))
-            attempt = ("demo", str(demo.path), preprocessing, labels_sha)
+            demo_labels = labels or service.demo_labels(demo.path)
+            attempt = ("demo", str(demo.path), preprocessing, labels_sha, task)
             if state.is_new_attempt("model", attempt):
                 _try_load_model(
                     lambda: service.file_model_ref(
-                        demo.path, preprocessing=preprocessing, labels=labels
+                        demo.path, preprocessing=preprocessing, labels=demo_labels, task=task
                     )
                 )
     elif source == MODEL_SOURCES[1]:
@@ -99,7 +117,7 @@ def _model_inputs() -> None:
             f"{MAX_UPLOAD_MB} MB. Loaded in Keras safe mode: no custom code runs.",
         )
         if upload is not None:
-            attempt = ("upload", upload.file_id, preprocessing, labels_sha)
+            attempt = ("upload", upload.file_id, preprocessing, labels_sha, task)
             if state.is_new_attempt("model", attempt):
 
                 def uploaded_ref() -> service.ModelRef:
@@ -110,6 +128,7 @@ def _model_inputs() -> None:
                         sha256=digest,
                         preprocessing=preprocessing,
                         labels=labels,
+                        task=task,
                     )
 
                 _try_load_model(uploaded_ref)
@@ -138,8 +157,10 @@ def _model_inputs() -> None:
         kept = f" Still using **{model.ref.file_name}**." if model is not None else ""
         st.error(f"{error}{kept}")
     if model is not None:
+        word = "classes" if model.unit_word == "class" else f"{model.unit_word}s"
+        task = "" if model.task == "classification" else f"{TASK_WORDS[model.task]} · "
         st.caption(
-            f"Loaded **{model.ref.file_name}** · {model.n_classes} classes · "
+            f"Loaded **{model.ref.file_name}** · {task}{model.n_classes} {word} · "
             f"input {model.input_size[0]}×{model.input_size[1]} · "
             f"preprocessing {model.preprocessing}"
         )

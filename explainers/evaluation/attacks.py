@@ -39,7 +39,7 @@ import threading
 import weakref
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 
@@ -246,6 +246,7 @@ def attack(
     top_k: int = 5,
     early_stop: bool = False,
     progress: ProgressCallback | None = None,
+    subject: Any = None,
 ) -> AttackResult:
     """Perturb ``image`` within an L∞ ball of radius ``epsilon`` to change the model's decision.
 
@@ -278,6 +279,12 @@ def attack(
         (Madry et al. run all steps, the default). The returned uint8 image is checked anyway.
     progress
         Optional ``callback(fraction, message)``, called after every step.
+    subject
+        Segmentation models: the region whose class decision is attacked (a
+        :class:`explainers.targets.Target` or its text, e.g. ``"region:circle:at=40,52"``;
+        default: the predicted pixels of the main non-background class). The attack pushes the
+        region's summed class logits and succeeds when the region's mean class probability
+        changes its top class. Other tasks: must be None.
 
     Raises
     ------
@@ -316,9 +323,9 @@ def attack(
     if bundle.view is None and bundle.task == "segmentation":
         # The region's class decides: the attack pushes the region's summed class logits
         # (Seg-Grad-CAM's score) and succeeds when the region's mean probability changes class.
-        given = target
-        bound = bind(bundle, image, target)
-        bundle, target = bound.bundle, (bound.index if given is not None else None)
+        bundle = bind(bundle, image, subject).bundle
+    elif subject is not None:
+        raise ParameterError("subject (a region to attack) applies to segmentation models only")
     original = bundle.resize(image).astype(np.float32)  # (h, w, 3) pixels at model size
     _, probs_before = bundle.runner.predict(bundle.model_input(image))
     probs_before = probs_before[0]
