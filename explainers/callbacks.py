@@ -79,7 +79,7 @@ from explainers.audit.store import (
     table_schema,
     write_json_atomic,
 )
-from explainers.errors import ExplainerError, ParameterError
+from explainers.errors import ExplainerError, ParameterError, UnsupportedModelError
 from explainers.explanation import explain
 from explainers.io.models import ModelBundle, bundle_from_model
 from explainers.render import overlay
@@ -297,6 +297,11 @@ class ExplanationCallback(keras.callbacks.Callback):
                 labels=self.class_names,
                 name=self._target_model().name,
             )
+            if self.bundle.task != "classification":
+                raise UnsupportedModelError(
+                    f"ExplanationCallback explains a classifier's classes; "
+                    f"{self.bundle.name!r} is a {self.bundle.task} model"
+                )
             self.plans = []
             for name in self.method_names:
                 try:

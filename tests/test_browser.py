@@ -823,3 +823,128 @@ def test_training_page_plays_the_bundled_shortcut_run(demo_server):
         _no_error_shown(page)
         main.locator(".st-key-training_epoch").evaluate(top)
         _screenshot(page, ARTIFACTS / "browser-21-training-shortcut-vs-fixed.png")
+
+
+def _plot_area(chart) -> dict[str, float]:
+    """The bounding box of a Plotly chart's plotting area (its drag layer)."""
+    area = chart.locator(".nsewdrag").first
+    box = area.bounding_box()
+    assert box is not None, "the region picture has no plotting area"
+    return box
+
+
+def _at(box: dict[str, float], x: float, y: float, side: int) -> tuple[float, float]:
+    """Screen position of image pixel (x, y) in a chart showing a ``side``-px square image."""
+    return box["x"] + (x + 0.5) / side * box["width"], box["y"] + (y + 0.5) / side * box["height"]
+
+
+def test_segmentation_region_by_click_and_box_and_multilabel_labels(demo_server):
+    """On the shipped segmentation model and a scene with several shapes: Explain shows the
+    predicted mask; a click on one shape explains that shape (its connected component), a dragged
+    box explains the box; Compare shows every card for the region. Then the multi-label model:
+    a label that is not the top one, on Explain and on Compare."""
+    from PIL import Image
+    from playwright.sync_api import expect
+
+    samples = ROOT / "assets" / "samples"
+    labels = np.asarray(Image.open(samples / "scenes_0_labels.png"))
+    side = labels.shape[0]
+    present = [int(v) for v in np.unique(labels) if v > 0]
+    assert len(present) >= 2, "scenes_0 should hold several shapes"
+    # The smallest-labelled shape's centre of mass, in image pixels.
+    shape = present[-1]
+    ys, xs = np.nonzero(labels == shape)
+    centre = (float(np.median(xs)), float(np.median(ys)))
+    seg_names = (ROOT / "assets/models/demo_segmentation_labels.txt").read_text().split()
+
+    with _chromium_browser() as browser:
+        page = _open_page(browser, demo_server)
+        sidebar = page.locator('[data-testid="stSidebar"]')
+        main = page.locator('[data-testid="stMain"]')
+        expect(main.get_by_text("Grad-CAM overlay")).to_be_visible()
+        _wait_idle(page)
+        _pick(page, "sidebar_demo_model", "Shapes segmentation (encoder–decoder)")
+        expect(sidebar.get_by_text("Loaded demo_segmentation.keras")).to_be_visible()
+        _wait_idle(page)
+        _pick(page, "sidebar_sample", "scenes_0")
+        _wait_idle(page)
+        box = main.locator(".st-key-explain_target_box")
+        expect(box).to_be_visible()
+        expect(main.get_by_text("Grad-CAM overlay")).to_be_visible()
+        facts = main.inner_text()
+        assert "logits over its predicted pixels" in facts, facts
+        _no_error_shown(page)
+        _screenshot(page, ARTIFACTS / "browser-20-segmentation-predicted.png")
+
+        # A click on one shape.
+        box.get_by_text("Click a shape").click()
+        expect(main.get_by_text("Choose the region in the picture above")).to_be_visible()
+        _wait_idle(page)
+        chart = box.locator('[data-testid="stPlotlyChart"]')
+        x, y = _at(_plot_area(chart), *centre, side)
+        page.mouse.click(x, y)
+        expect(main.get_by_text("connected component at", exact=False).first).to_be_visible()
+        _wait_idle(page)
+        _no_error_shown(page)
+        facts = main.inner_text()
+        assert f"sum of {seg_names[shape]}'s logits" in facts, facts
+        _screenshot(page, ARTIFACTS / "browser-21-segmentation-clicked-shape.png")
+
+        # A box dragged over the top-left quarter.
+        box.get_by_text("Draw a box").click()
+        _wait_idle(page)
+        area = _plot_area(chart)
+        start = _at(area, 2, 2, side)
+        end = _at(area, side / 2, side / 2, side)
+        page.mouse.move(*start)
+        page.mouse.down()
+        page.mouse.move((start[0] + end[0]) / 2, (start[1] + end[1]) / 2, steps=5)
+        page.mouse.move(*end, steps=5)
+        page.mouse.up()
+        expect(main.get_by_text("over the box (", exact=False).first).to_be_visible()
+        _wait_idle(page)
+        _no_error_shown(page)
+        _screenshot(page, ARTIFACTS / "browser-22-segmentation-box.png")
+
+        # Compare: the same region for every card.
+        box.get_by_text("Click a shape").click()
+        _wait_idle(page)
+        sidebar.get_by_role("link", name="Compare").click()
+        expect(main.get_by_role("heading", name="Compare")).to_be_visible()
+        _wait_idle(page)
+        compare_box = main.locator(".st-key-compare_target_box")
+        expect(compare_box).to_be_visible()
+        compare_box.get_by_text("All its predicted pixels").click()
+        _wait_idle(page)
+        cards = main.locator("[class*='st-key-compare_card_'] [data-testid='stImage'] img")
+        expect(cards.first).to_be_visible()
+        _wait_idle(page)
+        _no_error_shown(page)
+        page.screenshot(path=str(ARTIFACTS / "browser-23-segmentation-compare.png"), full_page=True)
+
+        # The multi-label model: a label that is not the top one.
+        _pick(page, "sidebar_demo_model", "Shapes multi-label (several shapes per image)")
+        expect(sidebar.get_by_text("Loaded demo_multilabel.keras")).to_be_visible()
+        _wait_idle(page)
+        sidebar.get_by_role("link", name="Explain").click()
+        expect(main.get_by_role("heading", name="Explain")).to_be_visible()
+        _wait_idle(page)
+        picker = main.locator("[class*='st-key-explain_label_'] [role='combobox']")
+        picker.click()
+        options = page.get_by_role("option")
+        texts = options.all_inner_texts()
+        assert len(texts) == 4 and all("p = " in t for t in texts), texts
+        second = texts[1]
+        options.nth(1).click()
+        name = second.split(" (p")[0]
+        expect(main.get_by_text(f"Target: label {name}")).to_be_visible()
+        _wait_idle(page)
+        _no_error_shown(page)
+        _screenshot(page, ARTIFACTS / "browser-24-multilabel-explain.png")
+        sidebar.get_by_role("link", name="Compare").click()
+        expect(main.get_by_role("heading", name="Compare")).to_be_visible()
+        _wait_idle(page)
+        expect(cards.first).to_be_visible()
+        _wait_idle(page)
+        _no_error_shown(page)
+        page.screenshot(path=str(ARTIFACTS / "browser-25-multilabel-compare.png"), full_page=True)

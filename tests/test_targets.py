@@ -394,3 +394,24 @@ def test_cli_target_region(tmp_path) -> None:
     assert summary["extras"]["target"]["region_pixels"] == 64
     assert summary["extras"]["target"]["text"].startswith("mean of class 1's logits")
     assert np.load(tmp_path / "map.npy").shape == (16, 16)
+
+
+def test_the_audit_and_the_callback_refuse_other_tasks(tmp_path) -> None:
+    """The dataset audit and ExplanationCallback explain a classifier's top class; a
+    segmentation model gets a sentence saying so, not a wrong run (the callback, as for any
+    error, switches itself off and lets training continue)."""
+    from PIL import Image
+
+    from explainers.audit.run import run_audit
+    from explainers.callbacks import ExplanationCallback
+
+    folder = tmp_path / "data" / "a"
+    folder.mkdir(parents=True)
+    Image.fromarray(_image(8)).save(folder / "one.png")
+    seg = bundle_from_model(tiny_segmenter())
+    with pytest.raises(UnsupportedModelError, match="single-label classifiers"):
+        run_audit(seg, tmp_path / "data", tmp_path / "run")
+    callback = ExplanationCallback(_image(8)[None], methods=["grad_cam"], log_dir=tmp_path / "l")
+    callback.set_model(tiny_segmenter())
+    callback.on_train_begin()  # an error switches the callback off; training goes on
+    assert "is a segmentation model" in str(callback.disabled)

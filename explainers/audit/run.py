@@ -61,7 +61,7 @@ from explainers.audit.store import (
 )
 from explainers.core.maps import resize_map
 from explainers.core.runner import resolve_batch_size
-from explainers.errors import ExplainerError, ParameterError
+from explainers.errors import ExplainerError, ParameterError, UnsupportedModelError
 from explainers.explanation import explain
 from explainers.io.models import ModelBundle, load_model
 from explainers.registry import get_method
@@ -766,6 +766,13 @@ def run_audit(
         bundle, model_path = model, model.source
     else:
         bundle, model_path = load_model(model, labels=labels), str(Path(model).resolve())
+    if bundle.task != "classification":
+        raise UnsupportedModelError(
+            f"the dataset audit explains single-label classifiers (each image's top class, "
+            f"checked against its label); {bundle.name!r} is a {bundle.task} model. Explain its "
+            "images one at a time with a target (explainers.explain(..., target=...); the "
+            "dashboard's Explain page)."
+        )
     plans = resolve_methods(bundle, methods, params)
     mapping, rule = label_mapping(data, bundle)
     manifest = build_manifest(bundle, model_path, data, plans, map_size, mapping, rule)
