@@ -93,7 +93,16 @@ def method_labels(model: ModelSummary) -> dict[str, str]:
 
 def result_caption(result: ExplanationResult) -> str:
     where = f" · layer {result.layer}" if result.layer else ""
-    return f"{result.target_label} (p={result.score:.3f}){where} · {result.seconds:.2f} s"
+    task = result.task
+    if task == "regression":
+        what = f"{result.target_text} (value={result.score:.4g})"
+    elif task == "segmentation":
+        pixels = (result.extras.get("target") or {}).get("region_pixels")
+        region = f", {pixels} px region" if pixels else ""
+        what = f"{result.target_label}{region} (mean p={result.score:.3f})"
+    else:
+        what = f"{result.target_label} (p={result.score:.3f})"
+    return f"{what}{where} · {result.seconds:.2f} s"
 
 
 def grid_png(
@@ -414,7 +423,7 @@ def html_report(
             body = f"<p class='problem'>Not computed: {esc(entry.problem or 'no result')}</p>"
         else:
             facts = [
-                ("Target class", f"{result.target} · {result.target_label}"),
+                ("Target", f"{result.target} · {result.target_text}"),
                 ("Probability", f"{result.score:.4f}"),
                 ("Layer", result.layer or "—"),
                 ("Engine", result.engine),

@@ -516,6 +516,15 @@ def explain(
             f"(engines: {', '.join(spec.engines)})"
         )
     resolved = spec.resolve_params(params)
+    image = check_image_array(image)
+    described: dict[str, Any] | None = None
+    region: np.ndarray | None = None
+    if bundle.view is None:
+        # What is explained decides the bundle (a targeted view, another output's) and so the
+        # layer choices below.
+        bound = bind(bundle, image, target)
+        bundle, target, region = bound.bundle, bound.index, bound.region
+        described = bound.describe()
     if layer is not None:
         if not spec.uses_layer:
             raise ParameterError(f"{spec.label} does not use a layer; leave the layer unset")
@@ -528,13 +537,6 @@ def explain(
     spec.check(bundle, layer)
     if spec.uses_layer and layer is None:
         layer = bundle.default_layer
-    image = check_image_array(image)
-    described: dict[str, Any] | None = None
-    region: np.ndarray | None = None
-    if bundle.view is None:
-        bound = bind(bundle, image, target)
-        bundle, target, region = bound.bundle, bound.index, bound.region
-        described = bound.describe()
     if engine == "tf_explain" and (bundle.task != "classification" or bundle.view is not None):
         raise ParameterError(
             f"the tf-explain engine explains one class of a classifier; this is a {bundle.task} "
