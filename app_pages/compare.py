@@ -41,8 +41,7 @@ def page() -> None:
         if not pickers.is_wide(model):
             target = pickers.target_picker(PAGE, model, predictions, image)
     if target is None:
-        st.info(pickers.REGION_PENDING)
-        return
+        return  # a segmentation region still to choose: its picker says how
     settings = display.display_controls(PAGE)
     shared = compare_page.scale_mode_control(PAGE)
     if not methods:

@@ -60,8 +60,7 @@ def page() -> None:
         if not pickers.is_wide(model):
             target = pickers.target_picker(PAGE, model, predictions, image)
     if target is None:
-        st.info(pickers.REGION_PENDING)
-        return
+        return  # a segmentation region still to choose: its picker says how
     methods = evaluate_page.skipped_methods(chosen)
 
     protocol_col, truth_col = st.columns([1.6, 1])

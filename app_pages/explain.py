@@ -43,8 +43,7 @@ def page() -> None:
         st.markdown(f"**{method.label} parameters**")
         params = parameters.param_controls(PAGE, method, columns=4)
     if target is None:
-        st.info(pickers.REGION_PENDING)
-        return
+        return  # a segmentation region still to choose: its picker says how
     request = build_request(model, image, method, params, target=target, layer=layer, engine=engine)
     result(model, image, predictions, method, request)
 

@@ -35,8 +35,7 @@ def page() -> None:
     # succeeds when the region's mean class probability changes its top class.
     subject = pickers.wide_target_picker(PAGE, model, predictions, image)
     if pickers.is_wide(model) and subject is None:
-        st.info(pickers.REGION_PENDING)
-        return
+        return  # a region still to choose: its picker says how
     settings = robustness_page.attack_controls(PAGE, model)
     attacked = robustness_page.run_attack(
         model, image, settings, st.empty(), subject=subject if isinstance(subject, str) else None

@@ -91,18 +91,22 @@ def method_labels(model: ModelSummary) -> dict[str, str]:
     return {m.name: m.label for m in model.methods}
 
 
-def result_caption(result: ExplanationResult) -> str:
-    where = f" · layer {result.layer}" if result.layer else ""
+def target_summary(result: ExplanationResult) -> str:
+    """What a result explains and its score, short: "star (p = 0.981)", "square, 153 px region
+    (mean p = 0.950)", "what decreases value (value = 3.2)"."""
     task = result.task
     if task == "regression":
-        what = f"{result.target_text} (value={result.score:.4g})"
-    elif task == "segmentation":
+        return f"{result.target_text} (value = {result.score:.4g})"
+    if task == "segmentation":
         pixels = (result.extras.get("target") or {}).get("region_pixels")
         region = f", {pixels} px region" if pixels else ""
-        what = f"{result.target_label}{region} (mean p={result.score:.3f})"
-    else:
-        what = f"{result.target_label} (p={result.score:.3f})"
-    return f"{what}{where} · {result.seconds:.2f} s"
+        return f"{result.target_label}{region} (mean p = {result.score:.3f})"
+    return f"{result.target_label} (p = {result.score:.3f})"
+
+
+def result_caption(result: ExplanationResult) -> str:
+    where = f" · layer {result.layer}" if result.layer else ""
+    return f"{target_summary(result)}{where} · {result.seconds:.2f} s"
 
 
 def grid_png(

@@ -90,7 +90,9 @@ def test_segmentation_region_on_explain_and_evaluate(app):
     assert model.task == "segmentation" and model.class_names == ("background", "blob", "rest")
     # The region picker: class (default: the largest non-background class), region mode.
     (picker,) = [s for s in app.selectbox if s.label == "Class to explain"]
-    assert model.class_names[picker.value] != "background"
+    assert picker.value == -1  # the main predicted class, following the image
+    main = picker.options[picker.index]
+    assert main.startswith("Main predicted class — ") and "background" not in main
     markdown = texts(app.markdown)
     assert "**Target:** sum of" in markdown and "logits over its predicted pixels" in markdown
     assert "region's mean p" in markdown

@@ -55,7 +55,7 @@ def heatmap_card(
     magnitude = report.magnitude(result)
     peak = f"  \nmax |value| {magnitude['max_abs']:.3g}" if magnitude else ""
     st.caption(
-        f"{result.target_label} (p = {result.score:.3f})  \n{result.seconds:.2f} s{layer}{peak}",
+        f"{report.target_summary(result)}  \n{result.seconds:.2f} s{layer}{peak}",
         help=report.magnitude_text(result),
     )
     map_warnings(result)

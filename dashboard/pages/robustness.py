@@ -338,6 +338,6 @@ def explanation_pair(
                     continue
                 show_image(
                     pictures(outcome, picture, settings).overlay,
-                    f"{title} · {outcome.target_label} (p = {outcome.score:.3f})",
+                    f"{title} · {report.target_summary(outcome)}",
                 )
                 map_warnings(outcome)

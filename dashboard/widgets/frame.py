@@ -9,6 +9,7 @@ import streamlit as st
 
 from dashboard import service, state
 from dashboard.service import LoadedImage, ModelSummary, Prediction, ServiceError
+from dashboard.widgets.regions import BACKGROUND_NAMES
 
 _STYLE = """
 <style>
@@ -63,6 +64,19 @@ def require_inputs() -> tuple[ModelSummary, LoadedImage] | None:
 def context_line(model: ModelSummary, image: LoadedImage, predictions: Sequence[Prediction]):
     top = predictions[0] if predictions else None
     verdict = f" · predicted **{top.name}** ({top.probability:.1%})" if top else ""
+    if model.task == "multilabel":
+        present = [p.name for p in predictions if p.probability >= 0.5]
+        verdict = f" · labels present: **{', '.join(present) or 'none'}** (p ≥ 0.5)"
+    elif model.task == "regression" and top is not None:
+        values = ", ".join(f"{p.name} = {p.probability:.4g}" for p in predictions[:3])
+        verdict = f" · {values}"
+    elif model.task == "segmentation":
+        shapes = [
+            f"{p.name} ({p.probability:.1%})"
+            for p in predictions
+            if p.probability > 0 and p.name.strip().lower() not in BACKGROUND_NAMES
+        ]
+        verdict = f" · predicted pixels: **{', '.join(shapes) or 'background only'}**"
     width, height = image.size
     st.markdown(
         f"Model **{model.ref.file_name}** · image **{image.name}** ({width}×{height}){verdict}"

@@ -53,11 +53,6 @@ def methods_multiselect(
 
 
 AUTO_TARGET = -1
-#: What a page says while a segmentation region waits for a click or a box.
-REGION_PENDING = (
-    "Choose the region in the picture above: click a shape, or drag a box, then the "
-    "explanation runs."
-)
 
 
 def is_wide(model: ModelSummary) -> bool:

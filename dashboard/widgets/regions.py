@@ -49,6 +49,13 @@ PALETTE = np.array(
 BACKGROUND_NAMES = ("background", "bg", "void", "none", "unlabeled", "unlabelled")
 #: Clickable points per image side (an invisible grid over the picture).
 GRID_POINTS = 64
+#: The class picker's "follow the image" option.
+MAIN_CLASS = -1
+#: What the picker says while a region waits for a click or a box.
+REGION_PENDING = (
+    "Choose the region in the picture above: click a shape, or drag a box, then the "
+    "explanation runs."
+)
 
 
 def _digest(value: object) -> str:
@@ -172,20 +179,35 @@ def segmentation_target(
     names = model.class_names
     present = [p.index for p in predictions if p.probability > 0]
     main = next((c for c in present if not is_background(names[c])), present[0] if present else 0)
-    class_key = state.key(page, f"seg_class_{_digest(model.ref.key)}")
+    # Like the classifier's 'top prediction': the main class follows the image, and the widget
+    # is new whenever its labels change (the browser kept a selectbox's old label otherwise).
+    # A class picked by hand carries over to the next image of the same model.
+    options = [MAIN_CLASS, *range(len(names))]
+    shown = [(c, f"{shares.get(c, 0.0):.1%}") for c in range(len(names))]
+    class_key = state.key(page, f"seg_class_{_digest((model.ref.key, shown))}")
+    remembered_key = state.key(page, "seg_class_choice")
+    remembered = st.session_state.get(remembered_key)
+    carried = remembered[1] if remembered and remembered[0] == model.ref.key else MAIN_CLASS
     mode_key = state.key(page, "seg_region_mode")
-    state.default_option(class_key, list(range(len(names))), main)
+    state.default_option(class_key, options, carried)
     state.default_option(mode_key, list(REGION_MODES), "predicted")
     left, right = st.columns([1, 1.1])
     with left:
-        cls = st.selectbox(
+        choice = st.selectbox(
             "Class to explain",
-            list(range(len(names))),
+            options,
             key=class_key,
-            format_func=lambda c: f"{names[c]} ({shares.get(c, 0.0):.1%} of the pixels)",
+            format_func=lambda c: (
+                f"Main predicted class — {names[main]} ({shares.get(main, 0.0):.1%} of the pixels)"
+                if c == MAIN_CLASS
+                else f"{names[c]} ({shares.get(c, 0.0):.1%} of the pixels)"
+            ),
             help="Seg-Grad-CAM's question: which pixels raise this class's logits, summed over "
-            "the region?",
+            "the region? The main predicted class is the non-background class covering the most "
+            "pixels.",
         )
+        st.session_state[remembered_key] = (model.ref.key, choice)
+        cls = main if choice == MAIN_CLASS else int(choice)
         mode = st.radio(
             "Region",
             list(REGION_MODES),
@@ -242,10 +264,12 @@ def segmentation_target(
         return f"region:{cls}:all{suffix}"
     if mode == "box":
         if box is None:
+            st.info(REGION_PENDING)
             return None
         x0, y0, x1, y1 = box
         return f"region:{cls}:box={x0:.1f},{y0:.1f},{x1:.1f},{y1:.1f}{suffix}"
     if point is None:
+        st.info(REGION_PENDING)
         return None
     return f"region:{shown_class}:at={point[0]:.1f},{point[1]:.1f}{suffix}"
 
