@@ -35,7 +35,7 @@ def is_graph_model(model: keras.Layer) -> bool:
     return isinstance(model, Functional)
 
 
-def _graph_of(model: keras.Model) -> Functional | None:
+def graph_of(model: keras.Model) -> Functional | None:
     if isinstance(model, keras.Sequential):
         return getattr(model, "_functional", None)
     if isinstance(model, Functional):
@@ -60,7 +60,7 @@ def replay(
     the sub-model itself is reported to ``hook`` after its layers. Returns the model's outputs with
     the same structure as ``model(inputs)``.
     """
-    graph = _graph_of(model)
+    graph = graph_of(model)
 
     def operation_fn(operation: Any) -> Callable[..., Any]:
         return _call_operation(operation, prefix, hook, before)
@@ -82,7 +82,7 @@ def _call_operation(
     operation: Any, prefix: str, hook: Hook, before: Before | None
 ) -> Callable[..., Any]:
     path = prefix + operation.name
-    if isinstance(operation, keras.Model) and _graph_of(operation) is not None:
+    if isinstance(operation, keras.Model) and graph_of(operation) is not None:
 
         def call_submodel(*args: Any, **kwargs: Any) -> Any:
             if before is not None:
@@ -158,3 +158,7 @@ def describe_layers(model: keras.Model, probe: np.ndarray) -> tuple[list[LayerIn
     outputs = replay(model, [probe_tensor], hook, before=before)
     output_paths = [producer.get(id(t), "") for t in keras.tree.flatten(outputs)]
     return layers, output_paths
+
+
+#: Old private name, kept while explainers.core.incremental moves to graph_of.
+_graph_of = graph_of

@@ -217,7 +217,7 @@ class ModelRunner:
             if path == capture:
                 captured["activation"] = output
             if stripped and path == self._output_layer:
-                output = _pre_activation(layer, layer_inputs[path])
+                output = pre_activation(layer, layer_inputs[path])
             return output
 
         if self._graph:
@@ -226,8 +226,8 @@ class ModelRunner:
             outputs = self._model(x, training=False)
         if isinstance(outputs, list | tuple):
             outputs = outputs[self._output_index]
-        scores, probs = _class_scores(tf.cast(outputs, tf.float32), self._output_kind, self._task)
-        scores, probs = _apply_view(self._view_kind, view, scores, probs)
+        scores, probs = class_scores(tf.cast(outputs, tf.float32), self._output_kind, self._task)
+        scores, probs = apply_view(self._view_kind, view, scores, probs)
         return scores, probs, captured.get("activation")
 
     def _compiled(
@@ -749,7 +749,7 @@ def _progress_chunks(
             progress(part.stop / max(1, n), f"{message}: {part.stop}/{n}")
 
 
-def _pre_activation(layer: Any, layer_input: tf.Tensor) -> tf.Tensor:
+def pre_activation(layer: Any, layer_input: tf.Tensor) -> tf.Tensor:
     """The output layer's value before its softmax/sigmoid: a Dense or convolution layer's
     affine part, or a bare activation layer's input."""
     class_name = type(layer).__name__
@@ -766,12 +766,12 @@ def _pre_activation(layer: Any, layer_input: tf.Tensor) -> tf.Tensor:
     return layer_input  # Activation / Softmax layer: its input is the logit
 
 
-#: Convolutions whose softmax/sigmoid activation :func:`_pre_activation` can strip (a
+#: Convolutions whose softmax/sigmoid activation :func:`pre_activation` can strip (a
 #: segmentation model's per-pixel classifier).
 CONV_OUTPUT_LAYERS = ("Conv2D",)
 
 
-def _apply_view(
+def apply_view(
     kind: str, view: tuple[tf.Tensor, ...], scores: tf.Tensor, probs: tf.Tensor
 ) -> tuple[tf.Tensor, tf.Tensor]:
     """The view's (scores, probabilities), (B, K), from the output's own (see
@@ -791,7 +791,7 @@ def _apply_view(
     return summed, mean_probs
 
 
-def _class_scores(
+def class_scores(
     outputs: tf.Tensor, kind: str, task: str = "classification"
 ) -> tuple[tf.Tensor, tf.Tensor]:
     """(class scores to explain, class probabilities), both (N, n_classes) — (N, h, w,
@@ -816,3 +816,8 @@ def _class_scores(
     if kind == "sigmoid":
         return outputs, tf.sigmoid(outputs)
     return outputs, tf.nn.softmax(outputs, axis=-1)
+
+
+#: Old private names, kept while explainers.core.incremental moves to the public ones.
+_class_scores = class_scores
+_pre_activation = pre_activation
