@@ -67,8 +67,9 @@ def test_seg_grad_cam_puts_a_shapes_region_on_that_shape(scenes):
         f"≥ 5× in {np.mean(ratios_a >= 5):.1%}"
     )
     assert len(shares) >= 2 * N_SCENES
-    assert shares_a.mean() >= 0.5 and np.median(shares_a) >= 0.5
-    assert ratios_a.mean() >= 5 and np.median(ratios_a) >= 5
+    # The bar, per region: measured 100 % of 101 regions (median 0.98 inside, 31×).
+    assert np.mean(shares_a >= 0.5) >= 0.95 and np.median(shares_a) >= 0.5
+    assert np.mean(ratios_a >= 5) >= 0.95 and np.median(ratios_a) >= 5
 
 
 @pytest.mark.skipif(not MULTILABEL.exists(), reason="demo_multilabel.keras not built")

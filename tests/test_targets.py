@@ -415,3 +415,22 @@ def test_the_audit_and_the_callback_refuse_other_tasks(tmp_path) -> None:
     callback.set_model(tiny_segmenter())
     callback.on_train_begin()  # an error switches the callback off; training goes on
     assert "is a segmentation model" in str(callback.disabled)
+
+
+def test_cam_reads_a_dense_head_behind_a_separate_activation() -> None:
+    """Dense → Activation("sigmoid") is a CAM head too (the demo multi-label model's): CAM's map
+    is Σ_k w_k A_k of the Dense's logit, which equals Grad-CAM's for a GAP head."""
+    inputs = keras.Input((8, 8, 3))
+    h = keras.layers.Conv2D(4, 3, padding="same", activation="relu", name="feat")(inputs)
+    pooled = keras.layers.GlobalAveragePooling2D(name="gap")(h)
+    logits = keras.layers.Dense(3, name="logits")(pooled)
+    outputs = keras.layers.Activation("sigmoid", name="labels")(logits)
+    bundle = bundle_from_model(keras.Model(inputs, outputs), preprocessing="0_1")
+    assert bundle.cam_head is not None and bundle.cam_head.dense_layer == "logits"
+    image = _image(8, seed=9)
+    cam = explainers.explain(bundle, image, "cam", target=1, relu=False)
+    grad_cam = explainers.explain(bundle, image, "grad_cam", target=1, relu=False)
+    # Grad-CAM's weights on a GAP head are w_k / (h·w): its map is CAM's divided by h·w.
+    np.testing.assert_allclose(
+        grad_cam.model_attribution * 64, cam.model_attribution, rtol=1e-4, atol=1e-6
+    )

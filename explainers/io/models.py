@@ -606,6 +606,10 @@ def _find_cam_head(layers: list[LayerInfo], output_layer: str) -> CamHead | None
         return info
 
     dense = resolve(output_layer)
+    # A separate softmax/sigmoid layer after the Dense (Dense → Activation): the runner explains
+    # the Dense's output (the logit), whose weights CAM reads.
+    while dense is not None and dense.class_name in ("Activation", "Softmax") and dense.inputs:
+        dense = resolve(dense.inputs[0])
     if dense is None or dense.class_name != "Dense" or len(dense.inputs) != 1:
         return None
     node = resolve(dense.inputs[0])
