@@ -6,6 +6,8 @@ Run from the repository root::
     python assets/make_demo_models.py --quick   # small smoke run, writes to a temporary folder
     python assets/make_demo_models.py --story   # only the training story (below): keeps the
                                                 # shipped demo_shapes.keras
+    python assets/make_demo_models.py --tasks   # only the scene models (segmentation and
+                                                # multi-label, below): keeps everything else
 
 Outputs (full run):
 
@@ -19,15 +21,26 @@ Outputs (full run):
   with Right for the Right Reasons (``explainers.training.ReasonTrainer``: the marker masks as
   what must not matter); its run in ``assets/runs/fixed/``.
 - ``assets/models/demo_labels.txt``: one class name per line.
+- ``assets/models/demo_segmentation.keras``: a U-Net-lite that labels every pixel of a *scene*
+  (1-3 non-overlapping shapes of distinct classes, ``generate_scene_dataset``) as background or
+  one of the four shapes; ``demo_segmentation_labels.txt`` names its 5 output channels.
+- ``assets/models/demo_multilabel.keras``: ``build_model``'s network with 4 independent sigmoid
+  outputs, trained on the same scenes for the set of classes present; labels in
+  ``demo_multilabel_labels.txt``.
 - ``assets/models/demo_models.json``: metrics, seeds, dataset sizes, epochs, timings, versions.
-- ``assets/samples/*.png``: sample images with their object masks (and marker masks).
+- ``assets/samples/*.png``: sample images with their object masks (and marker masks), and
+  ``scenes_<i>.png`` with their label maps ``scenes_<i>_labels.png`` (8-bit grey, 0..4).
 
 ``--story`` retrains only ``demo_shortcut`` and ``demo_fixed`` (with their runs, the samples and
-the JSON); ``demo_shapes.keras`` is loaded, not retrained.
+the JSON); ``demo_shapes.keras`` is loaded, not retrained. ``--tasks`` trains only the two scene
+models and writes their label files, their ``scenes_*`` samples and the ``tasks`` entry of the
+JSON (merged into the existing file).
 
-All models take ``(96, 96, 3)`` float32 images scaled to [0, 1] (``image / 255``) and end in
-``last_conv`` (12 x 12 x 128, ReLU) -> ``gap`` -> ``dropout`` -> ``predictions`` (softmax), so
-CAM applies to them.
+All models take ``(96, 96, 3)`` float32 images scaled to [0, 1] (``image / 255``). The
+classifiers end in ``last_conv`` (12 x 12 x 128, ReLU) -> ``gap`` -> ``dropout`` -> their dense
+head (``predictions``, softmax; ``label_logits`` -> ``labels``, sigmoid, for the multi-label one),
+so CAM applies to them; the segmentation model ends in ``seg_logits`` -> ``segmentation``
+(per-pixel softmax).
 """
 
 from __future__ import annotations
@@ -53,9 +66,12 @@ import explainers
 from explainers.callbacks import ExplanationCallback
 from explainers.io.demo_data import (
     CLASS_NAMES,
+    SEGMENTATION_CLASS_NAMES,
     ShapeSample,
     generate_dataset,
     generate_sample,
+    generate_scene,
+    generate_scene_dataset,
 )
 from explainers.training import ReasonTrainer
 
@@ -509,6 +525,355 @@ def grad_cam_marker_below_shape(model: keras.Model, data: dict[str, np.ndarray])
     return round(float(np.mean(below)), 4)
 
 
+# ------------------------------------------------------------------------------------------------
+# Beyond one-class classification: segmentation and multi-label models, trained on scenes
+# ------------------------------------------------------------------------------------------------
+#: Seeds of the scene models (none shared with ``SEEDS``' data seeds).
+TASK_SEEDS = {
+    "scenes_train": 4,
+    "scenes_test": 5,
+    "scenes_samples": 400,
+    "keras_segmentation": 40,
+    "keras_multilabel": 50,
+}
+TASKS_FULL = {"n_train": 12000, "n_test": 1000, "epochs_segmentation": 6, "epochs_multilabel": 20}
+TASKS_QUICK = {"n_train": 320, "n_test": 100, "epochs_segmentation": 1, "epochs_multilabel": 1}
+#: Shapes per training and test scene (inclusive), and per sample scene.
+SCENE_SHAPES = (1, 3)
+SAMPLE_SCENE_SHAPES = (2, 3)
+N_SCENE_SAMPLES = 6
+TASK_MODEL_NAMES = ("demo_segmentation", "demo_multilabel")
+
+
+def build_segmentation_model(name: str = "demo_segmentation") -> keras.Model:
+    """U-Net-lite: 96 x 96 x 3 -> per-pixel softmax over ``SEGMENTATION_CLASS_NAMES`` (5).
+
+    Encoder: ``build_model``'s three 4 x 4 stride-2 stages (48, 24, 12 px), each followed by a
+    3 x 3 convolution.  Decoder: bilinear ``UpSampling2D`` x 2, concatenation with the encoder's
+    map of that size (the input image itself at 96 px) and a 3 x 3 convolution, three times.  It
+    ends in ``seg_logits`` (1 x 1 convolution, linear) -> ``segmentation`` (softmax).
+    """
+    layers = keras.layers
+
+    def conv(x: keras.KerasTensor, filters: int, tag: str, kernel: int = 3, strides: int = 1):
+        x = layers.Conv2D(
+            filters, kernel, strides=strides, padding="same", use_bias=False, name=f"{tag}_conv"
+        )(x)
+        x = layers.BatchNormalization(momentum=0.9, name=f"{tag}_bn")(x)
+        return layers.ReLU(name=f"{tag}_relu")(x)
+
+    def up(x: keras.KerasTensor, skip: keras.KerasTensor, filters: int, tag: str):
+        x = layers.UpSampling2D(2, interpolation="bilinear", name=f"{tag}_up")(x)
+        x = layers.Concatenate(name=f"{tag}_concat")([x, skip])
+        return conv(x, filters, tag)
+
+    inputs = keras.Input((IMAGE_SIZE, IMAGE_SIZE, 3), name="image")
+    e1 = conv(conv(inputs, 16, "down1", 4, 2), 16, "enc1")  # 48 x 48
+    e2 = conv(conv(e1, 32, "down2", 4, 2), 32, "enc2")  # 24 x 24
+    e3 = conv(conv(e2, 64, "down3", 4, 2), 64, "enc3")  # 12 x 12
+    x = up(e3, e2, 32, "dec2")  # 24 x 24
+    x = up(x, e1, 16, "dec1")  # 48 x 48
+    x = up(x, inputs, 16, "dec0")  # 96 x 96
+    x = layers.Conv2D(len(SEGMENTATION_CLASS_NAMES), 1, name="seg_logits")(x)
+    outputs = layers.Activation("softmax", name="segmentation")(x)
+    model = keras.Model(inputs, outputs, name=name)
+    _zero_mean_stem(model.get_layer("down1_conv"))
+    return model
+
+
+def build_multilabel_model(name: str = "demo_multilabel") -> keras.Model:
+    """``build_model``'s network with a multi-label head: ``last_conv`` (12 x 12 x 128) -> ``gap``
+    -> ``dropout`` -> ``label_logits`` (Dense 4, linear) -> ``labels`` (sigmoid)."""
+    layers = keras.layers
+    backbone = build_model(name)
+    x = backbone.get_layer("dropout").output
+    x = layers.Dense(len(CLASS_NAMES), name="label_logits")(x)
+    outputs = layers.Activation("sigmoid", name="labels")(x)
+    return keras.Model(backbone.inputs, outputs, name=name)
+
+
+def _zero_mean_stem(layer: keras.layers.Layer) -> None:
+    """Make the first kernels zero-mean over space (as in ``build_model``)."""
+    kernel = layer.kernel.numpy()
+    layer.kernel.assign(2.0 * (kernel - kernel.mean(axis=(0, 1), keepdims=True)))
+
+
+def _segmentation_batches(images: np.ndarray, label_maps: np.ndarray, seed: int) -> tf.data.Dataset:
+    """Shuffled ``(x, label map)`` batches with the 8 flips/transposes of the square applied to
+    the image and its label map together."""
+
+    def prepare(x: tf.Tensor, y: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+        both = tf.concat([tf.cast(x, tf.float32) / 255.0, tf.cast(y, tf.float32)[..., None]], -1)
+        both = tf.image.random_flip_left_right(both, seed=seed)
+        both = tf.image.random_flip_up_down(both, seed=seed + 1)
+        transpose = tf.random.uniform([tf.shape(both)[0], 1, 1, 1], seed=seed + 2) < 0.5
+        both = tf.where(transpose, tf.transpose(both, [0, 2, 1, 3]), both)
+        return both[..., :3], tf.cast(tf.round(both[..., 3]), tf.int32)
+
+    dataset = tf.data.Dataset.from_tensor_slices((images, label_maps))
+    dataset = dataset.shuffle(len(images), seed=seed, reshuffle_each_iteration=True)
+    return dataset.batch(BATCH_SIZE).map(prepare).prefetch(2)
+
+
+def train_task(
+    kind: str, data: dict[str, np.ndarray], epochs: int, seed: int
+) -> tuple[keras.Model, dict[str, object]]:
+    """Train ``demo_segmentation`` (``kind="segmentation"``: per-pixel cross-entropy on the label
+    maps) or ``demo_multilabel`` (``"multilabel"``: binary cross-entropy on the multi-hot
+    vectors) on the scenes ``data``, with flips and transposes; the last ``VALIDATION_SPLIT``
+    held out.  Returns the uncompiled model and its training log."""
+    keras.utils.set_random_seed(seed)
+    n_val = round(len(data["images"]) * VALIDATION_SPLIT)
+    n_fit = len(data["images"]) - n_val
+    images = data["images"]
+    if kind == "segmentation":
+        model = build_segmentation_model()
+        targets = data["label_maps"]
+        batches = _segmentation_batches(images[:n_fit], targets[:n_fit], seed)
+        loss = "sparse_categorical_crossentropy"
+        metrics = [
+            keras.metrics.MeanIoU(
+                len(SEGMENTATION_CLASS_NAMES), sparse_y_pred=False, name="mean_iou"
+            ),
+            "accuracy",
+        ]
+        tracked = ("mean_iou", "accuracy")
+    elif kind == "multilabel":
+        model = build_multilabel_model()
+        targets = data["multi_hot"]
+        batches = _batches(images[:n_fit], targets[:n_fit], seed, augment=True)
+        loss = "binary_crossentropy"
+        metrics = [
+            keras.metrics.AUC(
+                curve="PR", multi_label=True, num_labels=len(CLASS_NAMES), name="pr_auc"
+            ),
+            keras.metrics.BinaryAccuracy(name="binary_accuracy"),
+        ]
+        tracked = ("pr_auc", "binary_accuracy")
+    else:
+        raise ValueError(f"unknown task {kind!r}")
+    validation = (to_input(images[n_fit:]), targets[n_fit:])
+    steps = int(np.ceil(n_fit / BATCH_SIZE)) * epochs
+    schedule = keras.optimizers.schedules.CosineDecay(LEARNING_RATE, decay_steps=max(steps, 1))
+    model.compile(optimizer=keras.optimizers.Adam(schedule), loss=loss, metrics=metrics)
+    start = time.perf_counter()
+    history = model.fit(
+        batches, epochs=epochs, validation_data=validation, shuffle=False, verbose=2
+    )
+    seconds = time.perf_counter() - start
+    exported = keras.Model(model.inputs, model.outputs, name=model.name)
+    logs = history.history
+    log: dict[str, object] = {
+        "epochs": epochs,
+        "loss": loss,
+        "augmentation": "flips and transposes"
+        + (" of image and label map together" if kind == "segmentation" else ""),
+        "train_seconds": round(seconds, 1),
+        "val_loss_per_epoch": [round(float(v), 4) for v in logs["val_loss"]],
+    }
+    for metric in tracked:
+        log[f"final_train_{metric}"] = round(float(logs[metric][-1]), 4)
+        log[f"val_{metric}_per_epoch"] = [round(float(v), 4) for v in logs[f"val_{metric}"]]
+    return exported, log
+
+
+def segmentation_iou(predicted: np.ndarray, truth: np.ndarray) -> dict[str, object]:
+    """Per-class IoU (pixels of all images pooled), their mean, and the mean over shape classes,
+    for ``(N, H, W)`` integer maps."""
+    iou = {}
+    for k, name in enumerate(SEGMENTATION_CLASS_NAMES):
+        p, t = predicted == k, truth == k
+        union = np.logical_or(p, t).sum()
+        iou[name] = float(np.logical_and(p, t).sum() / union) if union else float("nan")
+    values = list(iou.values())
+    return {
+        "iou": {k: round(v, 4) for k, v in iou.items()},
+        "mean_iou": round(float(np.nanmean(values)), 4),
+        "mean_iou_shapes": round(float(np.nanmean(values[1:])), 4),
+        "pixel_accuracy": round(float(np.mean(predicted == truth)), 4),
+    }
+
+
+def multilabel_ap(probabilities: np.ndarray, multi_hot: np.ndarray) -> dict[str, object]:
+    """Per-label average precision, its macro mean, and exact-match / per-label accuracy at 0.5."""
+    from sklearn.metrics import average_precision_score
+
+    ap = average_precision_score(multi_hot, probabilities, average=None)
+    decided = probabilities >= 0.5
+    return {
+        "average_precision": {n: round(float(v), 4) for n, v in zip(CLASS_NAMES, ap, strict=True)},
+        "mean_average_precision": round(float(np.mean(ap)), 4),
+        "exact_match_at_0.5": round(float(np.mean(np.all(decided == (multi_hot > 0.5), 1))), 4),
+        "label_accuracy_at_0.5": round(float(np.mean(decided == (multi_hot > 0.5))), 4),
+    }
+
+
+def evaluate_tasks(
+    segmentation: keras.Model, multilabel: keras.Model, test: dict[str, np.ndarray]
+) -> dict[str, dict[str, object]]:
+    predicted = predict(segmentation, test["images"]).argmax(-1)
+    probabilities = predict(multilabel, test["images"])
+    return {
+        "demo_segmentation": segmentation_iou(predicted, test["label_maps"]),
+        "demo_multilabel": multilabel_ap(probabilities, test["multi_hot"]),
+    }
+
+
+def write_scene_samples(
+    segmentation: keras.Model, multilabel: keras.Model, folder: Path
+) -> list[dict[str, object]]:
+    """Write ``N_SCENE_SAMPLES`` scenes with 2-3 shapes on which both models are right:
+    ``scenes_<i>.png`` and ``scenes_<i>_labels.png`` (the label map, 8-bit grey, values 0..4).
+
+    Right means: the multi-label model's set of labels at 0.5 is the scene's, no absent class is
+    predicted by the segmentation model, and every shape present has a segmentation IoU of at
+    least 0.9 (the first such candidates in drawing order).
+    """
+    folder.mkdir(parents=True, exist_ok=True)
+    for old in folder.glob("scenes_*.png"):
+        old.unlink()
+    rng = np.random.default_rng(TASK_SEEDS["scenes_samples"])
+    candidates = [
+        generate_scene(rng, size=IMAGE_SIZE, n_shapes=SAMPLE_SCENE_SHAPES) for _ in range(64)
+    ]
+    images = np.stack([c.image for c in candidates])
+    maps = predict(segmentation, images).argmax(-1)
+    probabilities = predict(multilabel, images)
+    score = np.full(len(candidates), -1.0)
+    for i, scene in enumerate(candidates):
+        present = [label + 1 for label in scene.shape_labels]
+        ious = [
+            np.logical_and(maps[i] == k, scene.label_map == k).sum()
+            / np.logical_or(maps[i] == k, scene.label_map == k).sum()
+            for k in present
+        ]
+        spurious = set(np.unique(maps[i])) - {0, *present}
+        labels_right = np.array_equal(probabilities[i] >= 0.5, scene.multi_hot > 0.5)
+        if labels_right and not spurious:
+            score[i] = min(ious)
+    manifest = []
+    for i, index in enumerate(_first_good(score, N_SCENE_SAMPLES)):
+        scene = candidates[index]
+        save_png(scene.image, folder / f"scenes_{i}.png")
+        save_png(scene.label_map, folder / f"scenes_{i}_labels.png")
+        metrics = segmentation_iou(maps[index][None], scene.label_map[None])
+        manifest.append(
+            {
+                "file": f"scenes_{i}.png",
+                "labels_file": f"scenes_{i}_labels.png",
+                "shapes": [CLASS_NAMES[label] for label in sorted(scene.shape_labels)],
+                "demo_multilabel_probabilities": {
+                    name: round(float(p), 4)
+                    for name, p in zip(CLASS_NAMES, probabilities[index], strict=True)
+                },
+                "demo_segmentation_iou": {
+                    CLASS_NAMES[label]: metrics["iou"][CLASS_NAMES[label]]
+                    for label in sorted(scene.shape_labels)
+                },
+            }
+        )
+    return manifest
+
+
+def run_tasks(config: dict[str, int], models_dir: Path, samples_dir: Path) -> dict[str, object]:
+    """Train, save and evaluate ``demo_segmentation`` and ``demo_multilabel``, write their label
+    files and samples; returns their ``tasks`` entry of ``demo_models.json``."""
+    start = time.perf_counter()
+    train_data = generate_scene_dataset(
+        config["n_train"], seed=TASK_SEEDS["scenes_train"], size=IMAGE_SIZE, n_shapes=SCENE_SHAPES
+    )
+    test = generate_scene_dataset(
+        config["n_test"], seed=TASK_SEEDS["scenes_test"], size=IMAGE_SIZE, n_shapes=SCENE_SHAPES
+    )
+    data_seconds = time.perf_counter() - start
+    print(f"generated scenes in {data_seconds:.1f} s", flush=True)
+
+    paths = {name: models_dir / f"{name}.keras" for name in TASK_MODEL_NAMES}
+    logs = {}
+    for name, kind, seed_name in (
+        ("demo_segmentation", "segmentation", "keras_segmentation"),
+        ("demo_multilabel", "multilabel", "keras_multilabel"),
+    ):
+        model, logs[name] = train_task(
+            kind, train_data, config[f"epochs_{kind}"], TASK_SEEDS[seed_name]
+        )
+        model.save(paths[name])
+    (models_dir / "demo_segmentation_labels.txt").write_text(
+        "\n".join(SEGMENTATION_CLASS_NAMES) + "\n"
+    )
+    (models_dir / "demo_multilabel_labels.txt").write_text("\n".join(CLASS_NAMES) + "\n")
+
+    # Evaluate the files as saved, the way the app and the tests load them.
+    loaded = {name: keras.saving.load_model(path, compile=False) for name, path in paths.items()}
+    metrics = evaluate_tasks(loaded["demo_segmentation"], loaded["demo_multilabel"], test)
+    samples = write_scene_samples(
+        loaded["demo_segmentation"], loaded["demo_multilabel"], samples_dir
+    )
+    architecture = {
+        "demo_segmentation": "U-Net-lite: three 4x4 stride-2 conv stages (48, 24, 12 px; 16, 32, "
+        "64 channels), each followed by a 3x3 conv; decoder: bilinear UpSampling2D x2, concatenate "
+        "the encoder map of that size (the input image at 96 px), 3x3 conv (32, 16, 16 channels), "
+        "three times; seg_logits (1x1 conv, 5) -> segmentation (softmax). BatchNorm + ReLU after "
+        "every 3x3/4x4 conv.",
+        "demo_multilabel": "build_model's network (conv1-3 4x4 stride 2, last_conv 12x12x128, gap, "
+        "dropout 0.2) with label_logits (Dense 4) -> labels (sigmoid).",
+    }
+    outputs = {
+        "demo_segmentation": "(96, 96, 5) per-pixel softmax over demo_segmentation_labels.txt",
+        "demo_multilabel": "(4,) independent sigmoid probabilities over demo_multilabel_labels.txt",
+    }
+    label_files = {
+        "demo_segmentation": "demo_segmentation_labels.txt",
+        "demo_multilabel": "demo_multilabel_labels.txt",
+    }
+    return {
+        "quick": config is TASKS_QUICK,
+        "data": "generate_scene_dataset: 1-3 shapes of distinct classes per scene, 16-30 % of the "
+        "side, never overlapping, on the standard cluttered background (clutter 1)",
+        "input": {
+            "shape": [IMAGE_SIZE, IMAGE_SIZE, 3],
+            "dtype": "float32",
+            "preprocessing": "image / 255 (RGB, values in [0, 1])",
+        },
+        "seeds": TASK_SEEDS,
+        "dataset_sizes": {
+            "train": config["n_train"],
+            "validation_split": VALIDATION_SPLIT,
+            "test": config["n_test"],
+            "image_size": IMAGE_SIZE,
+            "shapes_per_scene": list(SCENE_SHAPES),
+        },
+        "batch_size": BATCH_SIZE,
+        "optimizer": f"Adam, cosine decay from {LEARNING_RATE}",
+        "data_generation_seconds": round(data_seconds, 1),
+        **{
+            name: {
+                "architecture": architecture[name],
+                "output": outputs[name],
+                "class_names": list(
+                    SEGMENTATION_CLASS_NAMES if name == "demo_segmentation" else CLASS_NAMES
+                ),
+                "labels_file": label_files[name],
+                "parameters": int(loaded[name].count_params()),
+                "file_bytes": paths[name].stat().st_size,
+                "training": logs[name],
+                "metrics": {
+                    "test_set": f"{config['n_test']} scenes, seed scenes_test",
+                    **metrics[name],
+                },
+            }
+            for name in TASK_MODEL_NAMES
+        },
+        "samples": samples,
+        "versions": {
+            "tensorflow": tf.__version__,
+            "keras": keras.__version__,
+            "numpy": np.__version__,
+            "python": platform.python_version(),
+        },
+    }
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="tiny smoke run (not for release)")
@@ -521,8 +886,18 @@ def main(argv: list[str] | None = None) -> None:
         help="only the training story: retrain demo_shortcut (with its run) and demo_fixed (with "
         "its run), rewrite the samples and demo_models.json; demo_shapes.keras is kept",
     )
+    parser.add_argument(
+        "--tasks",
+        action="store_true",
+        help="only the scene models: train demo_segmentation and demo_multilabel, write their "
+        "label files and scenes_* samples, and merge their 'tasks' entry into demo_models.json; "
+        "every other model, sample and entry is kept",
+    )
     args = parser.parse_args(argv)
+    if args.story and args.tasks:
+        parser.error("--story and --tasks are exclusive")
     config = QUICK if args.quick else FULL
+    tasks_config = TASKS_QUICK if args.quick else TASKS_FULL
     story = QUICK_STORY if args.quick else STORY
     if args.out is not None:
         out = args.out
@@ -536,6 +911,12 @@ def main(argv: list[str] | None = None) -> None:
     previous = json.loads(json_path.read_text()) if json_path.exists() else {}
     # Deterministic kernels, so a rerun on the same machine reproduces the reported numbers.
     tf.config.experimental.enable_op_determinism()
+    if args.tasks:
+        previous["tasks"] = run_tasks(tasks_config, models_dir, samples_dir)
+        json_path.write_text(json.dumps(previous, indent=2) + "\n")
+        print(json.dumps({n: previous["tasks"][n]["metrics"] for n in TASK_MODEL_NAMES}, indent=2))
+        print(f"wrote {out}")
+        return
 
     n_test = config["n_test"]
     start = time.perf_counter()
@@ -657,6 +1038,12 @@ def main(argv: list[str] | None = None) -> None:
             "python": platform.python_version(),
         },
     }
+    # The scene models: trained by a full run, kept from the previous JSON by --story.
+    tasks = (
+        previous.get("tasks") if args.story else run_tasks(tasks_config, models_dir, samples_dir)
+    )
+    if tasks is not None:
+        report["tasks"] = tasks
     # What was tried before the shortcut data had agreeing shapes (assets/models/README.md).
     history = previous.get("story", {}).get("earlier_attempts") or previous.get("story", {}).get(
         "rrr_attempts"

@@ -10,6 +10,10 @@ The "shortcut" dataset pairs every label with its marker colour while the drawn 
 the label only part of the time, so a model trained on it learns to look at the corner instead of
 at the object (a controlled "Clever Hans" model).
 
+*Scenes* (:func:`generate_scene`, :func:`generate_scene_dataset`) hold one to three class shapes
+of distinct classes, smaller and never overlapping, on the same background: their per-pixel label
+map serves segmentation models and their multi-hot label vector multi-label classifiers.
+
 This module only needs numpy and Pillow, so it imports fast and can be used without TensorFlow.
 """
 
@@ -24,9 +28,13 @@ from PIL import Image, ImageDraw, ImageFilter
 __all__ = [
     "CLASS_NAMES",
     "MARKER_COLORS",
+    "SEGMENTATION_CLASS_NAMES",
+    "SceneSample",
     "ShapeSample",
     "generate_dataset",
     "generate_sample",
+    "generate_scene",
+    "generate_scene_dataset",
     "marker_box",
 ]
 
@@ -48,6 +56,16 @@ _MIN_SIZE = 32
 _SHAPE_SIZE_RANGE = (0.23, 0.46)
 # Colour distance (RGB in [0, 1]) that most pixels under the shape must keep from the shape colour.
 _MIN_CONTRAST = 0.45
+
+SEGMENTATION_CLASS_NAMES: tuple[str, ...] = ("background", *CLASS_NAMES)
+"""Names of the values of a scene's label map: 0 is the background, ``k + 1`` shape class ``k``."""
+
+# Scene shapes are smaller (15-29 px for a 96 px image), so that three fit without overlapping.
+_SCENE_SIZE_RANGE = (0.16, 0.30)
+# Default number of shapes per scene (inclusive range).
+_SCENE_SHAPES = (1, 3)
+# Random positions tried per shape before its size is reduced.
+_PLACEMENT_TRIES = 100
 
 
 @dataclass(frozen=True)
@@ -73,6 +91,32 @@ class ShapeSample:
     label: int
     marker_mask: np.ndarray
     marker_label: int | None = field(default=None)
+
+
+@dataclass(frozen=True)
+class SceneSample:
+    """One generated scene with its ground truth.
+
+    Attributes
+    ----------
+    image : np.ndarray
+        ``(H, W, 3)`` uint8 RGB image in [0, 255].
+    label_map : np.ndarray
+        ``(H, W)`` uint8: 0 on the background, ``k + 1`` on the pixels of a shape of class ``k``
+        (names in :data:`SEGMENTATION_CLASS_NAMES`).
+    shape_masks : list of np.ndarray
+        One ``(H, W)`` bool mask per shape, in drawing order; pairwise disjoint.
+    shape_labels : list of int
+        Class index (into :data:`CLASS_NAMES`) of each shape, in the same order; distinct.
+    multi_hot : np.ndarray
+        ``(n_classes,)`` float32, 1 for the classes present in the scene, 0 for the others.
+    """
+
+    image: np.ndarray
+    label_map: np.ndarray
+    shape_masks: list[np.ndarray]
+    shape_labels: list[int]
+    multi_hot: np.ndarray
 
 
 def marker_box(size: int = 96) -> tuple[int, int, int]:
@@ -259,6 +303,130 @@ def generate_dataset(
     }
 
 
+def generate_scene(
+    rng: np.random.Generator,
+    *,
+    size: int = 96,
+    n_shapes: int | tuple[int, int] | None = None,
+    clutter: float = 1.0,
+) -> SceneSample:
+    """Generate one cluttered scene holding several class shapes of distinct classes.
+
+    Parameters
+    ----------
+    rng : np.random.Generator
+        Source of randomness; the scene is a deterministic function of its state.
+    size : int
+        Image side in pixels (at least 32).  Shapes span roughly 16-30 % of the side (15-29 px at
+        the default 96), smaller than :func:`generate_sample`'s, so that three fit.
+    n_shapes : int, tuple of int or None
+        Number of shapes: an int, an inclusive ``(low, high)`` range drawn uniformly, or None for
+        ``(1, 3)``.  Classes never repeat within a scene, so at most ``len(CLASS_NAMES)`` (4).
+    clutter : float
+        Amount of background clutter in [0, 1] (see :func:`generate_sample`); 1 is the standard.
+
+    Returns
+    -------
+    SceneSample
+        The ``(size, size, 3)`` uint8 image, its label map, one mask and class per shape and the
+        multi-hot vector of the classes present.
+
+    Notes
+    -----
+    The classes are drawn without replacement, so the multi-hot vector counts the shapes.  The
+    shapes' bounding circles keep a gap of at least ``max(2, size / 48)`` px between them, so the
+    masks are disjoint and no two shapes touch.  Each shape's position is tried up to 100 times;
+    a shape that does not fit is shrunk by 15 % and tried again.  Distractor strokes lie under the
+    shapes, never on them.  There is no corner marker.
+    """
+    if size < _MIN_SIZE:
+        raise ValueError(f"expected an image size of at least {_MIN_SIZE} px, got {size}")
+    _check_clutter(clutter)
+    low, high = _check_n_shapes(n_shapes)
+    count = int(rng.integers(low, high + 1))
+    labels = [int(label) for label in rng.choice(_N_CLASSES, size=count, replace=False)]
+
+    canvas = _background(rng, size, clutter)
+    image = Image.fromarray(_to_uint8(canvas))
+    _draw_distractors(rng, image, clutter)
+    canvas = np.asarray(image, dtype=np.float32) / 255.0
+
+    gap = max(2.0, size / 48.0)
+    placed: list[tuple[float, float, float]] = []  # centre x, centre y, bounding radius
+    masks: list[np.ndarray] = []
+    label_map = np.zeros((size, size), dtype=np.uint8)
+    for label in labels:
+        cx, cy, extent, radius = _place(rng, size, label, placed, gap)
+        placed.append((cx, cy, radius))
+        mask = _rasterise(label, _outline(label, cx, cy, extent, rng), size)
+        colour = _contrasting_colour(rng, canvas[mask])
+        canvas[mask] = _shade(rng, colour, mask)
+        label_map[mask] = label + 1
+        masks.append(mask)
+
+    noise = rng.normal(0.0, rng.uniform(0.005, 0.02), size=canvas.shape).astype(np.float32)
+    multi_hot = np.zeros(_N_CLASSES, dtype=np.float32)
+    multi_hot[labels] = 1.0
+    return SceneSample(
+        image=_to_uint8(canvas + noise),
+        label_map=label_map,
+        shape_masks=masks,
+        shape_labels=labels,
+        multi_hot=multi_hot,
+    )
+
+
+def generate_scene_dataset(
+    n: int,
+    *,
+    seed: int,
+    size: int = 96,
+    n_shapes: int | tuple[int, int] = _SCENE_SHAPES,
+    clutter: float = 1.0,
+) -> dict[str, np.ndarray]:
+    """Generate ``n`` scenes (see :func:`generate_scene`) with their label maps and label vectors.
+
+    Parameters
+    ----------
+    n : int
+        Number of images.
+    seed : int
+        Seed; the same arguments always give byte-identical arrays.  Scene ``i`` has its own random
+        stream, so it does not depend on ``n``.
+    size : int
+        Image side in pixels.
+    n_shapes : int or tuple of int
+        Shapes per scene: a fixed number or an inclusive ``(low, high)`` range, drawn per scene.
+    clutter : float
+        Amount of background clutter in [0, 1]; 1 is the standard.
+
+    Returns
+    -------
+    dict of str to np.ndarray
+        ``images``: ``(n, size, size, 3)`` uint8 RGB;
+        ``label_maps``: ``(n, size, size)`` uint8, 0 = background, ``k + 1`` = shape class ``k``;
+        ``multi_hot``: ``(n, n_classes)`` float32, the classes present;
+        ``n_shapes``: ``(n,)`` int64, the number of shapes in each scene.
+    """
+    if n < 0:
+        raise ValueError(f"expected a non-negative number of images, got {n}")
+    _check_n_shapes(n_shapes)
+    _check_clutter(clutter)
+    images = np.empty((n, size, size, 3), dtype=np.uint8)
+    label_maps = np.empty((n, size, size), dtype=np.uint8)
+    multi_hot = np.empty((n, _N_CLASSES), dtype=np.float32)
+    counts = np.empty(n, dtype=np.int64)
+    for i, child in enumerate(np.random.SeedSequence(seed).spawn(n)):
+        scene = generate_scene(
+            np.random.default_rng(child), size=size, n_shapes=n_shapes, clutter=clutter
+        )
+        images[i] = scene.image
+        label_maps[i] = scene.label_map
+        multi_hot[i] = scene.multi_hot
+        counts[i] = len(scene.shape_labels)
+    return {"images": images, "label_maps": label_maps, "multi_hot": multi_hot, "n_shapes": counts}
+
+
 # --------------------------------------------------------------------------- helpers
 
 
@@ -271,6 +439,22 @@ def _check_label(value: int, name: str) -> int:
 def _check_clutter(clutter: float) -> None:
     if not 0.0 <= clutter <= 1.0:
         raise ValueError(f"expected clutter in [0, 1], got {clutter}")
+
+
+def _check_n_shapes(n_shapes: int | tuple[int, int] | None) -> tuple[int, int]:
+    """The inclusive ``(low, high)`` range of shapes per scene that ``n_shapes`` asks for."""
+    if n_shapes is None:
+        low, high = _SCENE_SHAPES
+    elif isinstance(n_shapes, (int, np.integer)):
+        low = high = int(n_shapes)
+    else:
+        low, high = (int(v) for v in n_shapes)
+    if not 0 <= low <= high <= _N_CLASSES:
+        raise ValueError(
+            f"expected a number of shapes (or a range low <= high) in [0, {_N_CLASSES}] "
+            f"(shape classes do not repeat within a scene), got {n_shapes}"
+        )
+    return low, high
 
 
 def _to_uint8(canvas: np.ndarray) -> np.ndarray:
@@ -430,7 +614,11 @@ def _shape_mask(rng: np.random.Generator, size: int, label: int) -> np.ndarray:
         dx, dy = max(cx - keep_out, 0.0), max(cy - keep_out, 0.0)
         if dx * dx + dy * dy > (radius + 1.0) ** 2:
             break
-    outline = _outline(label, cx, cy, extent, rng)
+    return _rasterise(label, _outline(label, cx, cy, extent, rng), size)
+
+
+def _rasterise(label: int, outline, size: int) -> np.ndarray:
+    """Boolean ``(size, size)`` mask of a shape ``outline`` (from :func:`_outline`)."""
     canvas = Image.new("L", (size, size), 0)
     draw = ImageDraw.Draw(canvas)
     if CLASS_NAMES[label] == "circle":
@@ -438,6 +626,26 @@ def _shape_mask(rng: np.random.Generator, size: int, label: int) -> np.ndarray:
     else:
         draw.polygon([tuple(p) for p in outline], fill=255)
     return np.asarray(canvas) > 0
+
+
+def _place(
+    rng: np.random.Generator,
+    size: int,
+    label: int,
+    placed: list[tuple[float, float, float]],
+    gap: float,
+) -> tuple[float, float, float, float]:
+    """Centre, extent and bounding radius for a new scene shape whose bounding circle keeps
+    ``gap`` px from the ``placed`` ones (centre x, centre y, radius); shrinks it if it must."""
+    extent = rng.uniform(*_SCENE_SIZE_RANGE) * size
+    while True:
+        radius = _bounding_radius(label, extent)
+        low, high = radius + 1.0, size - radius - 2.0
+        for _ in range(_PLACEMENT_TRIES):
+            cx, cy = rng.uniform(low, high, 2)
+            if all((cx - x) ** 2 + (cy - y) ** 2 >= (radius + r + gap) ** 2 for x, y, r in placed):
+                return float(cx), float(cy), float(extent), float(radius)
+        extent *= 0.85
 
 
 def _contrasting_colour(rng: np.random.Generator, under: np.ndarray) -> np.ndarray:
