@@ -75,6 +75,12 @@ def _model_reason(bundle: ModelBundle) -> str | None:
     from keras.src.models.functional import Functional
 
     model = bundle.model
+    task = getattr(bundle, "task", "classification")
+    if task != "classification":
+        return (
+            f"the tf-explain engine explains one class of a classifier; this is a {task} "
+            "model; use the native engine"
+        )
     if isinstance(model, keras.Sequential) or not isinstance(model, Functional):
         return (
             "the tf-explain engine only handles Functional models (it fails on Sequential and "

@@ -30,7 +30,11 @@ SAMPLE_FOR = {
     "demo_shapes": "shapes_circle_0.png",
     "demo_shortcut": "shortcut_circle_0.png",
     "demo_fixed": "shortcut_circle_0.png",
+    "demo_segmentation": "scenes_0.png",
+    "demo_multilabel": "scenes_0.png",
 }
+#: The classifiers among them (tf-explain explains one class of a classifier only).
+CLASSIFIERS = [n for n in MODEL_FILES if n not in ("demo_segmentation", "demo_multilabel")]
 DEFAULT_SAMPLE = "shapes_circle_0.png"
 EXPORTED = "exported_list_output"
 #: Every registered method with each engine it offers (what the UI can run).
@@ -43,6 +47,13 @@ def sample_path(name: str):
     return ROOT / "assets" / "samples" / SAMPLE_FOR.get(name, DEFAULT_SAMPLE)
 
 
+def labels_for(path):
+    """A demo model's own labels file (the segmentation model's classes include the
+    background), else the shared one."""
+    own = path.with_name(f"{path.stem}_labels.txt")
+    return own if own.exists() else DEMO_LABELS
+
+
 @pytest.fixture(scope="module")
 def shipped(tmp_path_factory):
     """name → (bundle, sample image): the bundled demo models and the exported model."""
@@ -50,7 +61,7 @@ def shipped(tmp_path_factory):
 
     cases = {
         name: (
-            explainers.load_model(path, labels=DEMO_LABELS),
+            explainers.load_model(path, labels=labels_for(path)),
             explainers.load_image(sample_path(name)),
         )
         for name, path in MODEL_FILES.items()
@@ -85,8 +96,20 @@ def test_every_offered_method_and_engine_is_covered(shipped, name):
         if info.applicable
         for engine in info.engines
     }
-    # every method applies to these CAM-ready models, so the UI offers every case
-    assert offered == set(CASES)
+    if bundle.task == "classification":
+        # every method applies to these CAM-ready models, so the UI offers every case
+        assert offered == set(CASES)
+        return
+    # The scene models: every method applies (CAM needs a GAP → Dense head, which the
+    # segmentation model has not); the tf-explain engine refuses them, saying why.
+    expected = set(CASES)
+    if bundle.task == "segmentation":
+        expected = {case for case in expected if case[0] != "cam"}
+    assert offered == expected
+    for info in available_methods(bundle):
+        if "tf_explain" in info.engines:
+            reason = tf_explain_engine.unavailable_reason(info.spec, bundle)
+            assert reason is not None and "classifier" in reason, (info.name, reason)
 
 
 def is_constant(values: np.ndarray) -> bool:
@@ -99,6 +122,14 @@ def is_constant(values: np.ndarray) -> bool:
 def test_method_runs_on_shipped_model(shipped, name, method, engine):
     bundle, image = shipped[name]
     params = FAST.get(method, {})
+    if bundle.task != "classification" and engine == "tf_explain":
+        with pytest.raises(explainers.ParameterError, match="classifier"):
+            explainers.explain(bundle, image, method, engine=engine, **params)
+        return
+    if bundle.task == "segmentation" and method == "cam":
+        with pytest.raises(explainers.MethodNotApplicableError, match="GlobalAveragePooling"):
+            explainers.explain(bundle, image, method, **params)
+        return
     if engine == "tf_explain" and method == "occlusion" and bundle.preprocessing != "none":
         # tf-explain fills patches with 127.5 in model-input units: on a 0..1 model every patch
         # erases the prediction, so the engine refuses up front, saying why.
@@ -159,7 +190,7 @@ def assert_same_map(theirs: np.ndarray, expected: np.ndarray) -> None:
 @pytest.mark.parametrize(
     "method", ["vanilla_gradients", "gradient_x_input", "smoothgrad", "integrated_gradients"]
 )
-@pytest.mark.parametrize("name", list(MODEL_FILES))
+@pytest.mark.parametrize("name", CLASSIFIERS)
 def test_tf_explain_gradients_are_probability_gradients(shipped, name, method):
     bundle, image = shipped[name]
     assert bundle.output_kind == "softmax"  # the identity below is the softmax's
@@ -190,7 +221,7 @@ def test_tf_explain_gradients_are_probability_gradients(shipped, name, method):
         assert np.corrcoef(ours.ravel(), theirs.model_attribution.ravel())[0, 1] > 0.8
 
 
-@pytest.mark.parametrize("name", list(MODEL_FILES))
+@pytest.mark.parametrize("name", CLASSIFIERS)
 def test_tf_explain_grad_cam_is_grad_cam_of_the_probability(shipped, name):
     bundle, image = shipped[name]
     assert bundle.output_kind == "softmax"
