@@ -294,7 +294,7 @@ def _bind_region(bundle: ModelBundle, image: np.ndarray, target: Target) -> Boun
     else:
         index = default_segment_class(bundle, predicted)
     label = names[index]
-    mask = _region_mask(region, predicted, index, point, (height, width), grid, names)
+    mask = region_mask(region, predicted, index, (height, width), names)
     if not mask.any():
         present = sorted(set(int(c) for c in np.unique(predicted)))
         raise ParameterError(
@@ -319,6 +319,27 @@ def default_segment_class(bundle: ModelBundle, predicted: np.ndarray) -> int:
         if bundle.class_names[c].strip().lower() not in BACKGROUND_NAMES:
             return c
     return order[0]
+
+
+def region_mask(
+    region: Region,
+    predicted: np.ndarray,
+    index: int,
+    image_hw: tuple[int, int],
+    names: tuple[str, ...] | None = None,
+) -> np.ndarray:
+    """The pixels ``region`` selects for class ``index``, bool on the grid of ``predicted``
+    (a segmentation's predicted class map) for an image of ``image_hw`` (points and boxes are
+    in its pixels). What :func:`bind` reads, and what the dashboard previews (it needs no model).
+    Raises ParameterError for a point on another class."""
+    grid = predicted.shape
+    point = None
+    if region.how == "component":
+        if region.point is None:
+            raise ParameterError("a component region needs a point (x, y)")
+        point = _to_grid(region.point, image_hw, grid)
+    names = names or tuple(f"class {c}" for c in range(int(predicted.max(initial=0)) + 1))
+    return _region_mask(region, predicted, index, point, image_hw, grid, names)
 
 
 def _to_grid(

@@ -22,6 +22,9 @@ import streamlit as st
 from dashboard import service, state
 from dashboard.service import LoadedImage, ModelSummary, Prediction
 from dashboard.state import Page
+from explainers import targets
+from explainers.errors import ParameterError
+from explainers.targets import Region
 
 REGION_MODES = ("predicted", "component", "box", "all")
 REGION_LABELS = {
@@ -46,7 +49,7 @@ PALETTE = np.array(
     ],
     np.float32,
 )
-BACKGROUND_NAMES = ("background", "bg", "void", "none", "unlabeled", "unlabelled")
+BACKGROUND_NAMES = targets.BACKGROUND_NAMES
 #: Clickable points per image side (an invisible grid over the picture).
 GRID_POINTS = 64
 #: The class picker's "follow the image" option.
@@ -106,34 +109,15 @@ def region_mask(
     box: tuple[float, float, float, float] | None,
     image_hw: tuple[int, int],
 ) -> np.ndarray | None:
-    """The region the target will read, on the output grid — the same rule as
-    :func:`explainers.targets.bind`, for the preview (None: nothing chosen yet)."""
-    grid = predicted.shape
-    if mode == "predicted":
-        return predicted == cls
-    if mode == "all":
-        return np.ones(grid, bool)
-    if mode == "box":
-        if box is None:
-            return None
-        x0, y0, x1, y1 = box
-        sx, sy = grid[1] / image_hw[1], grid[0] / image_hw[0]
-        c0, c1 = sorted((x0 * sx, x1 * sx))
-        r0, r1 = sorted((y0 * sy, y1 * sy))
-        mask = np.zeros(grid, bool)
-        mask[
-            max(0, int(np.floor(r0))) : min(grid[0], int(np.ceil(r1))),
-            max(0, int(np.floor(c0))) : min(grid[1], int(np.ceil(c1))),
-        ] = True
-        return mask
-    if point is None:
+    """The region the target will read, on the output grid — :func:`explainers.targets.region_mask`,
+    the rule the worker applies, for the preview (None: nothing chosen yet)."""
+    if (mode == "component" and point is None) or (mode == "box" and box is None):
         return None
-    from scipy import ndimage
-
-    column = int(np.clip(point[0] * grid[1] / image_hw[1], 0, grid[1] - 1))
-    row = int(np.clip(point[1] * grid[0] / image_hw[0], 0, grid[0] - 1))
-    labelled, _ = ndimage.label(predicted == predicted[row, column], structure=np.ones((3, 3)))
-    return labelled == labelled[row, column]
+    region = Region(mode, point=point, box=box)  # type: ignore[arg-type]
+    try:
+        return targets.region_mask(region, predicted, cls, image_hw)
+    except ParameterError:
+        return None
 
 
 def region_figure(picture: np.ndarray, selectable: str) -> go.Figure:
