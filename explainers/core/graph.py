@@ -158,7 +158,3 @@ def describe_layers(model: keras.Model, probe: np.ndarray) -> tuple[list[LayerIn
     outputs = replay(model, [probe_tensor], hook, before=before)
     output_paths = [producer.get(id(t), "") for t in keras.tree.flatten(outputs)]
     return layers, output_paths
-
-
-#: Old private name, kept while explainers.core.incremental moves to graph_of.
-_graph_of = graph_of

@@ -816,8 +816,3 @@ def class_scores(
     if kind == "sigmoid":
         return outputs, tf.sigmoid(outputs)
     return outputs, tf.nn.softmax(outputs, axis=-1)
-
-
-#: Old private names, kept while explainers.core.incremental moves to the public ones.
-_class_scores = class_scores
-_pre_activation = pre_activation

@@ -1,22 +1,41 @@
 """Occlusion sensitivity (Zeiler & Fergus 2014): slide a patch over the image and record how much
 the class probability drops. Each batch of occluded images is built from its patch corners inside
 the runner's compiled forward, so memory stays at one batch whatever the image size and no Python
-runs per patch."""
+runs per patch.
+
+``mode`` chooses how the occluded inputs are scored: ``"full"`` re-runs the whole model per patch;
+``"incremental"`` (Krypton, Nakandala et al. 2019; :mod:`explainers.core.incremental`) runs the
+clean image once and recomputes, per patch, only each layer's region the patch can have changed:
+the same map to float round-off, for a fraction of the multiply-adds; ``"approximate"`` also caps
+every layer's recomputed region at ``threshold`` of its map (faster, not exact); ``"auto"`` (the
+default) is incremental where the model supports it and it saves work, else full. A mode that
+cannot run falls back to full re-inference and says why in the result's extras
+(``fallback_reason``)."""
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 import numpy as np
 import tensorflow as tf
 
 from explainers import tf_explain_engine
+from explainers.core import incremental
 from explainers.core.fills import fill_pixels
-from explainers.core.runner import batch_size_param, resolve_batch_size
+from explainers.core.runner import MAX_AUTO_BATCH, batch_size_param, resolve_batch_size
 from explainers.core.specs import ExplainRequest, MethodSpec, ParamSpec, register
 
 #: The fills occlusion offers (:data:`explainers.core.fills.FILLS`).
 FILLS = ("gray", "black", "mean", "blur")
+#: How the occluded inputs are scored (see the module docstring).
+MODES = ("auto", "incremental", "full", "approximate")
+#: ``"auto"`` runs incrementally only where that recomputes at most this fraction of a full
+#: pass's multiply-adds …
+AUTO_MAX_FLOPS_RATIO = 0.75
+#: … and the model costs at least this many multiply-adds per image: on smaller models the
+#: cropping's extra operations cost more than the arithmetic saved.
+AUTO_MIN_MACS = 5e6
 
 
 def patch_positions(size: int, patch: int, stride: int) -> list[int]:
@@ -69,6 +88,45 @@ def box_sums(
     return diff.cumsum(axis=0).cumsum(axis=1)[:h, :w]
 
 
+def _incremental_plan(
+    request: ExplainRequest, corners: np.ndarray, size: tuple[int, int]
+) -> tuple[incremental.Plan | None, str | None]:
+    """The plan for the requested mode, or None and why occlusion runs full passes instead."""
+    mode = request.params["mode"]
+    if mode == "full":
+        return None, None
+    geometry = incremental.Geometry(tuple(request.x.shape[1:]), size, corners)
+    threshold = float(request.params["threshold"]) if mode == "approximate" else None
+    try:
+        plan = incremental.plan_for(request.bundle, geometry, threshold)
+    except incremental.Unsupported as exc:
+        return None, str(exc)
+    except Exception as exc:  # never a wrong map, nor a failed one: the full passes are exact
+        return None, f"incremental inference failed to plan this model: {type(exc).__name__}: {exc}"
+    if mode == "auto":
+        if plan.flops_ratio > AUTO_MAX_FLOPS_RATIO:
+            return None, (
+                f"incremental inference would recompute {plan.flops_ratio:.0%} of a full pass's "
+                "multiply-adds per patch; full passes are as fast"
+            )
+        if plan.full_macs < AUTO_MIN_MACS:
+            return None, (
+                f"the model is small ({plan.full_macs / 1e6:.1f} M multiply-adds per image): "
+                "full passes are faster than cropping"
+            )
+    return plan, None
+
+
+def incremental_batch_size(batch_size: int, shape: tuple[int, ...]) -> int:
+    """Patches per incremental call: the given batch size, or automatic: 4× the automatic
+    full-pass batch (32 at 224 px), at most 64. The cropped layers work on small windows, so a
+    larger batch amortises their per-call overhead; measured on two cores (MobileNetV2 at
+    224 px: 32 patches per call 1.3× faster than 8, ResNet50 indifferent)."""
+    if batch_size:
+        return int(batch_size)
+    return max(1, min(2 * MAX_AUTO_BATCH, 4 * resolve_batch_size(0, shape)))
+
+
 def occlusion_map(request: ExplainRequest) -> tuple[np.ndarray, dict[str, Any]]:
     """Mean score drop over all patches covering each pixel, float32 (h, w) at model resolution.
 
@@ -87,18 +145,55 @@ def occlusion_map(request: ExplainRequest) -> tuple[np.ndarray, dict[str, Any]]:
     ph, pw = min(patch, h), min(patch, w)
     scores, probs = bundle.runner.predict(request.x)  # memoised: explain() predicted it already
     reference = (scores if use_logit else probs)[0, request.target]
-    s, p = bundle.runner.built_forward(
-        occluded_inputs,
-        (corners,),
-        (
-            tf.constant(x, tf.float32),
-            tf.constant(filled, tf.float32),
-            tf.constant([ph, pw], tf.int32),
-        ),
-        batch_size=resolve_batch_size(params["batch_size"], x.shape),
-        progress=request.progress,
-        message="occlusion patches",
-    )
+    started = time.perf_counter()
+    plan, fallback = _incremental_plan(request, corners, (ph, pw))
+    caches = None
+    if plan is not None:
+        try:
+            caches = plan.prepare(request.x)
+        except Exception as exc:  # a model the planner misjudged: the full passes are exact
+            plan, fallback = (
+                None,
+                (
+                    f"incremental inference failed to compile for this model: "
+                    f"{type(exc).__name__}: {exc}"
+                ),
+            )
+    facts: dict[str, Any] = {}
+    if plan is not None:
+        mode = "approximate" if plan.threshold is not None else "incremental"
+        s, p = plan.run(
+            request.x,
+            filled,
+            batch_size=incremental_batch_size(params["batch_size"], x.shape),
+            progress=request.progress,
+            message=f"occlusion patches ({mode})",
+            caches=caches,
+        )
+        facts = {
+            "occlusion_mode": mode,
+            "incremental_flops_ratio": round(plan.flops_ratio, 4),
+            "theoretical_speedup": round(1.0 / max(plan.flops_ratio, 1e-6), 2),
+        }
+        if plan.threshold is not None:
+            facts["approximate_threshold"] = plan.threshold
+    else:
+        s, p = bundle.runner.built_forward(
+            occluded_inputs,
+            (corners,),
+            (
+                tf.constant(x, tf.float32),
+                tf.constant(filled, tf.float32),
+                tf.constant([ph, pw], tf.int32),
+            ),
+            batch_size=resolve_batch_size(params["batch_size"], x.shape),
+            progress=request.progress,
+            message="occlusion patches",
+        )
+        facts = {"occlusion_mode": "full"}
+        if fallback is not None:
+            facts["fallback_reason"] = fallback
+    facts["occlusion_seconds"] = round(time.perf_counter() - started, 4)
     occluded = (s if use_logit else p)[:, request.target].astype(np.float64)
     drops = float(reference) - occluded
     total = box_sums((h, w), corners, (ph, pw), drops)
@@ -108,7 +203,7 @@ def occlusion_map(request: ExplainRequest) -> tuple[np.ndarray, dict[str, Any]]:
     # The explained score's range over the clean and occluded inputs, for explain()'s checks
     # (a probability saturated at 1 in float32 gives every patch a drop of exactly 0).
     observed = [float(min(reference, occluded.min())), float(max(reference, occluded.max()))]
-    extras = {"patches": len(corners), "_diagnostics": {"observed_range": observed}}
+    extras = {"patches": len(corners), **facts, "_diagnostics": {"observed_range": observed}}
     return sensitivity.astype(np.float32), extras
 
 
@@ -121,7 +216,8 @@ register(
         reference="Zeiler & Fergus, Visualizing and Understanding Convolutional Networks, "
         "ECCV 2014",
         reference_url="https://arxiv.org/abs/1311.2901",
-        cost="1 + one forward per patch position (batched)",
+        cost="1 + one forward per patch position (batched); incremental mode recomputes only "
+        "the region each patch changes",
         tf_explain=tf_explain_engine.OCCLUSION,
         score_param="score",
         perturbation="occluded patch",
@@ -183,6 +279,29 @@ register(
                 "probability",
                 "Measure the drop in probability or in the pre-softmax logit.",
                 choices=("probability", "logit"),
+                advanced=True,
+            ),
+            ParamSpec(
+                "mode",
+                "choice",
+                "auto",
+                "How each occluded image is scored: 'full' re-runs the whole model; "
+                "'incremental' reuses the clean image's activations and recomputes only what the "
+                "patch can change (the same map, faster); 'approximate' also caps each layer's "
+                "recomputed region at the threshold (faster still, not exact); 'auto' is "
+                "incremental where the model supports it and it saves work, else full.",
+                choices=MODES,
+                advanced=True,
+            ),
+            ParamSpec(
+                "threshold",
+                "float",
+                0.5,
+                "Approximate mode only: the largest part of each layer's map (as a fraction of its "
+                "side) recomputed per patch; changes beyond it are ignored. 1 = exact.",
+                low=0.05,
+                high=1.0,
+                step=0.05,
                 advanced=True,
             ),
             batch_size_param(),
