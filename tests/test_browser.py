@@ -936,6 +936,7 @@ def test_segmentation_region_by_click_and_box_and_multilabel_labels(demo_server)
         picker = main.locator("[class*='st-key-explain_label_'] [role='combobox']")
         picker.click()
         options = page.get_by_role("option")
+        expect(options).to_have_count(4)  # the list opens after the click, later under load
         texts = options.all_inner_texts()
         assert len(texts) == 4 and all("p = " in t for t in texts), texts
         second = texts[1]

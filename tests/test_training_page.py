@@ -417,6 +417,12 @@ def test_the_demo_models_are_listed_honest_shortcut_fixed_then_others(tmp_path, 
         ("another.keras", "another"),
         ("mine.keras", "mine"),
     ]
-    # Only the shipped demo models are described.
-    shipped = ["demo_shapes.keras", "demo_shortcut.keras", "demo_fixed.keras"]
-    assert list(service.DEMO_DESCRIPTIONS) == list(service.DEMO_NOTES) == shipped
+    # Only the shipped demo models are described, and every one of them is shipped.
+    shipped = sorted(p.name for p in (service.ASSETS_DIR / "models").glob("*.keras"))
+    assert list(service.DEMO_DESCRIPTIONS) == list(service.DEMO_NOTES)
+    assert sorted(service.DEMO_DESCRIPTIONS) == shipped
+    assert list(service.DEMO_DESCRIPTIONS)[:3] == [
+        "demo_shapes.keras",
+        "demo_shortcut.keras",
+        "demo_fixed.keras",
+    ]
