@@ -279,7 +279,11 @@ def _chosen(
 
 def _hint(mode: str, region: np.ndarray | None) -> str:
     if mode == "component":
-        return "Click a shape to explain it." if region is None else "Click another shape to move."
+        return (
+            "Click a shape to explain it (its class is the one predicted where you click)."
+            if region is None
+            else "Click another shape to explain it instead (the class follows the click)."
+        )
     if mode == "box":
         return "Drag a box over the picture." if region is None else "Drag again to redraw."
     return ""

@@ -180,19 +180,6 @@ class ModelBundle:
         """The loaded bundle this one views (itself when it is not a view)."""
         return self.base if self.base is not None else self
 
-    @property
-    def output_names(self) -> tuple[str, ...]:
-        """Names of the explained output's units: classes, labels, regression outputs, or a
-        segmentation map's per-pixel classes."""
-        return self.class_names
-
-    @property
-    def segmentation_grid(self) -> tuple[int, int] | None:
-        """(height, width) of a segmentation output's map; None for other tasks."""
-        if self.task != "segmentation":
-            return None
-        return int(self.output_shape[0]), int(self.output_shape[1])
-
     def targeted(self, view: OutputView, class_names: tuple[str, ...] | None = None) -> ModelBundle:
         """A view of this model whose scores (and class probabilities) are the view's: what
         :func:`explainers.targets.bind` makes for a region or a regression direction. Every
