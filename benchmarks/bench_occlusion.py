@@ -59,34 +59,19 @@ from bench import load_average, machine_line, photo, quiet  # noqa: E402
 import explainers  # noqa: E402
 from explainers.core import incremental  # noqa: E402
 from explainers.core.fills import fill_pixels  # noqa: E402
-from explainers.core.graph import replay  # noqa: E402
 from explainers.core.runner import chunks, resolve_batch_size  # noqa: E402
 from explainers.methods.occlusion import (  # noqa: E402
     incremental_batch_size,
     occluded_inputs,
     patch_positions,
 )
+from tests.models_zoo import calibrate_batchnorm  # noqa: E402
 
 MODELS = ("mobilenetv2", "resnet50")
 #: (patch, stride) geometries at 224 px: 196, 729, 49 and 169 patches.
 GEOMETRIES = ((16, 16), (16, 8), (32, 32), (32, 16))
 THRESHOLDS = (0.7, 0.5)
 SECTION = "## Incremental occlusion"
-
-
-def calibrate_batchnorm(model: keras.Model, x: np.ndarray) -> None:
-    """Every BatchNormalization's moving statistics := its input's on ``x`` (one replay)."""
-
-    def before(path: str, args: tuple) -> None:
-        layer: Any = model
-        for part in path.split("/"):
-            layer = layer.get_layer(part)
-        if isinstance(layer, keras.layers.BatchNormalization):
-            mean, var = tf.nn.moments(args[0], axes=(0, 1, 2))
-            layer.moving_mean.assign(mean)
-            layer.moving_variance.assign(var)
-
-    replay(model, [tf.constant(x, tf.float32)], lambda p, layer, out: out, before=before)
 
 
 def build(name: str) -> tuple[explainers.ModelBundle, np.ndarray]:

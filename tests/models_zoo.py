@@ -120,3 +120,23 @@ ZOO = {
 
 def random_image(height: int, width: int, seed: int = 0) -> np.ndarray:
     return np.random.default_rng(seed).integers(0, 256, (height, width, 3), dtype=np.uint8)
+
+
+def calibrate_batchnorm(model: keras.Model, x: np.ndarray) -> keras.Model:
+    """Set every BatchNormalization's moving statistics to its input's on ``x`` (one replay of
+    the graph): a random-weight MobileNetV2's activations otherwise shrink to about 1e-12 and
+    every occlusion map is zero. Used by the incremental-occlusion tests and benchmark."""
+    import tensorflow as tf
+
+    from explainers.core.graph import replay
+    from explainers.io.models import layer_object
+
+    def before(path: str, args: tuple) -> None:
+        layer = layer_object(model, path)
+        if isinstance(layer, keras.layers.BatchNormalization):
+            mean, var = tf.nn.moments(args[0], axes=(0, 1, 2))
+            layer.moving_mean.assign(mean)
+            layer.moving_variance.assign(var)
+
+    replay(model, [tf.constant(x, tf.float32)], lambda p, layer, out: out, before=before)
+    return model

@@ -10,28 +10,10 @@ import tensorflow as tf
 
 import explainers
 from explainers.core import incremental
-from explainers.core.graph import replay
 from explainers.core.incremental import Geometry, fit_window, grow, same_padding
 
 from .conftest import ROOT
-from .models_zoo import random_image, seeded
-
-
-def calibrate_batchnorm(model: keras.Model, x: np.ndarray) -> keras.Model:
-    """Set every BatchNormalization's moving statistics to its input's on ``x``: a random-weight
-    MobileNetV2's activations otherwise shrink to 1e-12 and every occlusion map is zero."""
-
-    def before(path: str, args: tuple) -> None:
-        layer = model
-        for part in path.split("/"):
-            layer = layer.get_layer(part)
-        if isinstance(layer, keras.layers.BatchNormalization):
-            mean, var = tf.nn.moments(args[0], axes=(0, 1, 2))
-            layer.moving_mean.assign(mean)
-            layer.moving_variance.assign(var)
-
-    replay(model, [tf.constant(x, tf.float32)], lambda p, layer, out: out, before=before)
-    return model
+from .models_zoo import calibrate_batchnorm, random_image, seeded
 
 
 def both(bundle, image, *, score="logit", **params):
